@@ -1,0 +1,44 @@
+r"""One LSA layer on in-context linear regression (Mahankali, Hashimoto, Ma 2023).
+
+    python -m icl_theory.main --config=icl_theory/configs/lsa.py [--config.n=40 ...]
+
+Expect, for this isotropic default (d=5, n=20, no noise), Gamma_eff = eta* I
+with eta* = n / (n + d + 1) = 0.769, gamma_rel_error below 0.01, and a final
+loss at R* = d (d + 1) / (n + d + 1) = 1.154, in well under a minute on 2 CPU cores.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.experiment = "lsa_regression"  # which experiment icl_theory.train runs
+
+  # The task (icl_theory.RegressionTask).
+  config.d = 5                   # covariate dimension
+  config.n = 20                  # context pairs per prompt
+  config.noise_std = 0.0         # sigma: y = f(x) + N(0, sigma^2)
+  config.cov_x = "identity"      # covariate covariance spec: identity | diag:v1,.. | geometric:COND, optional @SEED
+  config.cov_w = "identity"      # task-vector covariance spec, as cov_x, or 'inverse' (= cov_x^-1)
+  config.response = "linear"     # linear | relu | tanh | cube | abs | mlp
+  config.mlp_width = 16          # hidden width of the random ReLU network (response='mlp')
+
+  # The model.
+  config.num_layers = 1          # LSA layers; the theorems are about one
+  config.init_scale = 0.02       # std of the N(0, .) initialisation of W_PV and W_KQ
+
+  # Optimisation.
+  config.optimizer = "adam"      # adam | sgd (momentum 0.9)
+  config.learning_rate = 0.01    # peak learning rate
+  config.schedule = "cosine"     # cosine (linear warm-up, then cosine decay to 0) | constant
+  config.warmup_steps = 100      # linear warm-up steps of the cosine schedule
+  config.batch_size = 1024       # prompts per step, fresh each step
+  config.steps = 3000            # optimizer steps
+  config.seed = 0                # one root key: init, batches and evaluation derive from it
+
+  # Bookkeeping.
+  config.log_every = 100         # steps between progress lines and metrics.jsonl rows
+  config.checkpoint_every = 1000 # steps between orbax checkpoints (0: none); a rerun resumes
+  config.keep_checkpoints = 3    # how many recent checkpoints to keep
+  config.eval_samples = 100_000  # fresh prompts for the Monte Carlo risks in summary.json
+  return config

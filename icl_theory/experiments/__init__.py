@@ -1,0 +1,30 @@
+"""Experiments: each turns a config into a trained model, its analysis and a workdir of results."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import ml_collections
+
+from icl_theory.experiments import lsa_regression
+from icl_theory.validation import check_choice
+
+_RUNNERS = {"lsa_regression": lsa_regression.run}
+
+
+def default_workdir(experiment: str, root: str = "runs") -> str:
+  """A fresh folder runs/<experiment>-<timestamp>[-k]."""
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  path, k = os.path.join(root, f"{experiment}-{stamp}"), 1
+  while os.path.exists(path):
+    path, k = os.path.join(root, f"{experiment}-{stamp}-{k}"), k + 1
+  return path
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+  """Runs the experiment `config.experiment` into `workdir` (a fresh folder if None); returns its summary."""
+  experiment = check_choice("experiment", config.get("experiment"), tuple(_RUNNERS))
+  workdir = workdir or default_workdir(experiment)
+  return _RUNNERS[experiment](config, workdir, overwrite=overwrite)

@@ -1,0 +1,169 @@
+"""LSA on in-context regression: config -> task -> model -> trainer -> compare -> workdir.
+
+`run(config, workdir)` trains the layer and writes, in `workdir`:
+  summary.json    config, Gamma_eff beside Gamma*, everything `analysis.compare`
+                  returns, the baselines' risks, steps, timings
+  metrics.jsonl   one row per logging point (step, loss, learning rate, speed)
+  lsa.png         Gamma_eff beside Gamma*, and the loss curve against R*
+  checkpoints/    orbax checkpoints; rerunning with the same workdir resumes
+  config.json     the config, to refuse a different one in the same workdir
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from icl_theory import analysis, files, plotting, theory, trainer
+from icl_theory.models import lsa
+from icl_theory.tasks.regression import RegressionTask, sample_prompts
+from icl_theory.validation import ConfigError, check_choice, check_float, check_int
+
+# Fields that change only bookkeeping, not the numbers a run produces.
+_BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints")
+_OUTPUTS = ("summary.json", "metrics.jsonl", "lsa.png", "config.json", "checkpoints")
+
+
+def build_task(config: ml_collections.ConfigDict) -> RegressionTask:
+  return RegressionTask(d=config.d, n=config.n, cov_x=config.cov_x, cov_w=config.cov_w,
+                        noise_std=config.noise_std, response=config.response, mlp_width=config.mlp_width)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
+  """Checks every field (raising ConfigError naming it) and returns the task."""
+  task = build_task(config)
+  check_int("num_layers", config.num_layers, 1)
+  check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
+  check_choice("optimizer", config.optimizer, ("adam", "sgd"))
+  check_float("learning_rate", config.learning_rate, minimum=0.0, strict=True)
+  check_choice("schedule", config.schedule, ("cosine", "constant"))
+  check_int("warmup_steps", config.warmup_steps, 0)
+  check_int("batch_size", config.batch_size, 1)
+  steps = check_int("steps", config.steps, 1)
+  check_int("seed", config.seed, 0)
+  check_int("log_every", config.log_every, 1)
+  check_int("checkpoint_every", config.checkpoint_every, 0)
+  check_int("keep_checkpoints", config.keep_checkpoints, 1)
+  check_int("eval_samples", config.eval_samples, 2)
+  if config.schedule == "cosine" and config.warmup_steps >= steps:
+    raise ConfigError(f"warmup_steps={config.warmup_steps!r} is not allowed: fewer than steps={steps}")
+  return task
+
+
+def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> trainer.Objective:
+  """Mean squared error of the LSA's query prediction on a fresh batch of prompts."""
+  model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale)
+  batch_size = config.batch_size
+  dummy = sample_prompts(jax.random.PRNGKey(0), task, 1)
+
+  def init(key):
+    return model.init(key, dummy.x, dummy.y, dummy.x_query)["params"]
+
+  def loss(params, key):
+    prompts = sample_prompts(key, task, batch_size)
+    pred = model.apply({"params": params}, prompts.x, prompts.y, prompts.x_query)
+    return jnp.mean((pred - prompts.y_query) ** 2)
+
+  return trainer.Objective(init=init, loss=loss, batch_size=batch_size)
+
+
+def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
+  path = os.path.join(workdir, "config.json")
+  if overwrite:
+    for name in _OUTPUTS:
+      target = os.path.join(workdir, name)
+      if os.path.isdir(target):
+        shutil.rmtree(target)
+      elif os.path.exists(target):
+        os.remove(target)
+  wanted = config.to_dict()
+  if os.path.exists(path):
+    held = files.read_json(path)
+    differ = sorted(k for k in set(wanted) | set(held)
+                    if k not in _BOOKKEEPING and files.to_builtin(wanted.get(k)) != held.get(k))
+    if differ:
+      raise ConfigError(f"workdir={workdir!r} holds a run of a different config (fields {', '.join(differ)} "
+                        "differ): use a new --workdir or pass --overwrite")
+  files.write_json(path, wanted)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> dict[str, Any]:
+  """Trains, compares with the theory, writes the workdir; returns the summary dict."""
+  t_start = time.perf_counter()
+  task = validate_config(config)
+  _prepare_workdir(workdir, config, overwrite)
+  optimizer, lr_schedule = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps,
+                                                  config.warmup_steps, config.schedule)
+  settings = trainer.LoopSettings(steps=config.steps, log_every=config.log_every,
+                                  checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints)
+  eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1_000_003)
+  gamma_star = analysis.reference_gamma(task, eval_key)
+  reference = float(theory.optimal_risk(task)) if task.is_gaussian else None
+  logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
+               task.d, task.n, workdir)
+  result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed,
+                       workdir, reference_loss=reference)
+
+  params = result.state.params
+  comparison = analysis.compare(params, task, eval_key, config.eval_samples, gamma_star=gamma_star)
+  summary: dict[str, Any] = {
+      "config": config.to_dict(),
+      "cov_x": task.cov_x, "cov_w": task.cov_w,
+      "effective_gamma": lsa.effective_gamma(params) if config.num_layers == 1 else None,
+      "optimal_gamma": gamma_star,
+      **comparison,
+      **analysis.baseline_risks(task, eval_key, config.eval_samples, gamma_star=gamma_star),
+      "final_train_loss": result.history[-1]["loss"] if result.history else None,
+      "steps": int(result.state.step),
+      "resumed_from_step": result.resumed_from,
+      "compile_seconds": result.compile_seconds,
+      "train_seconds": result.train_seconds,
+      "prompts_per_second": (result.steps_this_process * config.batch_size / result.train_seconds
+                             if result.steps_this_process else None),
+      "status": "finished",
+  }
+  summary["wall_seconds"] = time.perf_counter() - t_start
+  files.write_json(os.path.join(workdir, "summary.json"), summary)
+  plotting.plot_lsa_run(summary, result.history, os.path.join(workdir, "lsa.png"))
+  return files.to_builtin(summary)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """A short learned-vs-analytic table for the console."""
+  def num(v, fmt=".4f"):
+    return "-" if v is None else format(v, fmt)
+
+  lines = []
+  eff, opt = summary.get("effective_gamma"), np.asarray(summary["optimal_gamma"])
+  if eff is not None:
+    eff = np.asarray(eff)
+    d = eff.shape[0]
+    off = lambda m: np.abs(m - np.diag(np.diag(m))).sum() / max(d * (d - 1), 1)
+    lines += [f"{'':28s}{'learned':>12s}{'analytic':>12s}",
+              f"{'Gamma diagonal (mean)':28s}{np.diag(eff).mean():12.4f}{np.diag(opt).mean():12.4f}",
+              f"{'Gamma off-diagonal |mean|':28s}{off(eff):12.4f}{off(opt):12.4f}",
+              f"{'risk R(Gamma)':28s}{num(summary['learned_risk']):>12s}{num(summary['optimal_risk']):>12s}",
+              ""]
+  lines += [f"gamma_rel_error     {num(summary['gamma_rel_error'])}    gamma_cosine {num(summary['gamma_cosine'], '.5f')}",
+            f"model_risk_mc       {summary['model_risk_mc']:.4f} +- {summary['model_risk_mc_stderr']:.4f}"
+            f"    (optimal_risk {summary['optimal_risk']:.4f})",
+            f"prediction_gap_mse  {summary['prediction_gap_mse']:.2e}"]
+  if summary.get("p_x_rel") is not None:
+    lines.append(f"|p_x|/|p_y|         {summary['p_x_rel']:.2e}    |q21|/|Q11| {summary['q21_rel']:.2e}")
+  lines += ["", "baseline risks:",
+            f"  one-step GD (eta={summary['one_step_gd_lr']:.4f})  {summary['one_step_gd_risk']:.4f}",
+            f"  preconditioned GD (Gamma*) {summary['preconditioned_gd_risk']:.4f}",
+            f"  ridge / Bayes              {summary['ridge_risk']:.4f} +- {summary['ridge_risk_stderr']:.4f}",
+            f"  OLS                        {summary['ols_risk']:.4f} +- {summary['ols_risk_stderr']:.4f}",
+            "",
+            f"{summary['steps']} steps, {num(summary['prompts_per_second'], '.3g')} prompts/s, "
+            f"{summary['wall_seconds']:.1f} s wall ({summary['compile_seconds']:.1f} s compiling)"]
+  return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Result files written atomically: a kill leaves the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def to_builtin(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {str(k): to_builtin(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_builtin(v) for v in value]
+  if hasattr(value, "tolist"):  # numpy and jax arrays and scalars
+    return to_builtin(np.asarray(value).tolist())
+  if isinstance(value, float) and not np.isfinite(value):
+    return None if np.isnan(value) else str(value)
+  return value
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to a temporary file beside `path`, fsyncs it, and renames it over `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str, obj: Any) -> None:
+  """JSON with arrays as nested lists and non-finite floats as null / 'inf'."""
+  atomic_write_text(path, json.dumps(to_builtin(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+  atomic_write_text(path, "".join(json.dumps(to_builtin(r)) + "\n" for r in rows))
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

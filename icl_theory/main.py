@@ -1,0 +1,44 @@
+r"""Command line: train one run and print learned against analytic.
+
+    python -m icl_theory.main [--config=icl_theory/configs/lsa.py] [--config.FIELD=VALUE ...]
+                              [--workdir=DIR] [--overwrite]
+
+With no arguments: the default LSA config into a fresh folder under runs/.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from icl_theory import experiments, trainer
+from icl_theory.experiments import lsa_regression
+from icl_theory.validation import ConfigError
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "lsa.py")
+
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; rerunning with it resumes. Default: a fresh runs/...")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an earlier run of another config in --workdir.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    summary = experiments.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  except (ConfigError, trainer.TrainingDiverged) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2 if isinstance(error, ConfigError) else 1)
+  print(lsa_regression.format_summary(summary))
+
+
+def run() -> None:
+  """Console script `icl-train`."""
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

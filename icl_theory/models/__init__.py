@@ -1,0 +1,1 @@
+"""Flax models: the LSA of Mahankali et al."""

@@ -1,0 +1,104 @@
+"""Linear self-attention (LSA) in the full parameterisation of Mahankali et al.
+
+Tokens z_i = (x_i, y_i) and z_query = (x_query, 0) in R^(d+1); one layer is
+
+    f(Z) = Z + (1/n) W_PV Z M (Z^T W_KQ Z),   M = diag(1, ..., 1, 0),
+
+with Z = [z_1 ... z_n, z_query] (tokens as columns) and M keeping the query out
+of the keys and values. Here tokens are rows, h_TxD = Z^T, and the layer is
+computed as h + h (W_PV S W_KQ)^T with S = (1/n) h^T M h: the same product
+re-associated, O(T D^2) instead of O(T^2 D). The prediction is the last entry of
+the query token after the last layer; for one layer it is p^T S Q z_query with
+p the last row of W_PV and Q = W_KQ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class LinearSelfAttention(nn.Module):
+  """One LSA layer with a residual connection; keys/values are the masked tokens."""
+  init_scale: float = 0.02
+
+  @nn.compact
+  def __call__(self, h_BxTxD: jax.Array, mask_T: jax.Array, n: int) -> jax.Array:
+    dim = h_BxTxD.shape[-1]
+    init = nn.initializers.normal(self.init_scale)
+    w_pv_DxD = self.param("W_PV", init, (dim, dim))
+    w_kq_DxD = self.param("W_KQ", init, (dim, dim))
+    s_BxDxD = jnp.einsum("btd,t,bte->bde", h_BxTxD, mask_T, h_BxTxD) / n
+    mix_BxDxD = w_pv_DxD @ s_BxDxD @ w_kq_DxD
+    return h_BxTxD + jnp.einsum("bed,btd->bte", mix_BxDxD, h_BxTxD)
+
+
+class LSA(nn.Module):
+  """`num_layers` LSA layers on the prompt's tokens; returns the query's prediction (B,)."""
+  num_layers: int = 1
+  init_scale: float = 0.02
+
+  @nn.compact
+  def __call__(self, x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:
+    h_BxTxD = prompt_tokens(x_BxNxD, y_BxN, x_query_BxD)
+    n = x_BxNxD.shape[1]
+    mask_T = jnp.ones(n + 1, h_BxTxD.dtype).at[n].set(0.0)
+    for i in range(self.num_layers):
+      h_BxTxD = LinearSelfAttention(self.init_scale, name=f"layer_{i}")(h_BxTxD, mask_T, n)
+    return h_BxTxD[:, n, -1]
+
+
+def prompt_tokens(x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:
+  """Tokens (x_i, y_i) for the context and (x_query, 0) for the query: (B, n+1, d+1)."""
+  context_BxNxD1 = jnp.concatenate([x_BxNxD, y_BxN[..., None]], axis=-1)
+  query_Bx1xD1 = jnp.concatenate([x_query_BxD, jnp.zeros_like(x_query_BxD[:, :1])], axis=-1)[:, None]
+  return jnp.concatenate([context_BxNxD1, query_Bx1xD1], axis=1)
+
+
+def _layer_params(params: Mapping[str, Any], layer: int = 0) -> Mapping[str, Any]:
+  params = params.get("params", params)
+  if f"layer_{layer}" not in params:
+    raise ValueError(f"params have no 'layer_{layer}'; expected LSA parameters "
+                     f"(found keys {sorted(params)})")
+  return params[f"layer_{layer}"]
+
+
+def num_layers(params: Mapping[str, Any]) -> int:
+  """How many LSA layers `params` hold."""
+  return sum(1 for k in params.get("params", params) if k.startswith("layer_"))
+
+
+def effective_gamma(params: Mapping[str, Any]) -> jax.Array:
+  """Gamma_eff = p_y Q11^T of a one-layer LSA: its prediction on the GD-family subspace."""
+  if num_layers(params) != 1:
+    raise ValueError(f"effective_gamma needs a one-layer LSA; these params have "
+                     f"{num_layers(params)} layers (a deeper LSA is not one preconditioner)")
+  layer = _layer_params(params)
+  p_D = layer["W_PV"][-1]
+  q11_dxd = layer["W_KQ"][:-1, :-1]
+  return p_D[-1] * q11_dxd.T
+
+
+def vanishing_parts(params: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Norms of p_x and q21, zero at the global optimum, raw and relative to p_y and Q11."""
+  layer = _layer_params(params)
+  p_D = layer["W_PV"][-1]
+  q_DxD = layer["W_KQ"]
+  p_x_norm = jnp.linalg.norm(p_D[:-1])
+  q21_norm = jnp.linalg.norm(q_DxD[-1, :-1])
+  return {
+      "p_x_norm": p_x_norm,
+      "q21_norm": q21_norm,
+      "p_x_rel": p_x_norm / jnp.abs(p_D[-1]),
+      "q21_rel": q21_norm / jnp.linalg.norm(q_DxD[:-1, :-1]),
+  }
+
+
+def predict(params: Mapping[str, Any], prompts) -> jax.Array:
+  """The LSA's predictions (B,) for a batch of prompts (anything with x, y, x_query)."""
+  params = params.get("params", params)
+  model = LSA(num_layers=num_layers(params))
+  return model.apply({"params": params}, prompts.x, prompts.y, prompts.x_query)

@@ -1,0 +1,4 @@
+"""Prompt distributions: the in-context tasks and their vmapped samplers."""
+
+from icl_theory.tasks.covariance import parse_covariance, resolve_covariance
+from icl_theory.tasks.regression import RESPONSES, Prompts, RegressionTask, sample_prompts

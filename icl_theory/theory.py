@@ -1,0 +1,221 @@
+"""Closed forms for one-step preconditioned GD, y_hat = x_query^T Gamma g, g = (1/n) sum_i y_i x_i.
+
+For Gaussian data (THEORY.md, Part A), with c = tr(Sx Sw) + sigma^2 and
+H = E[g g^T] = ((n+1)/n) Sx Sw Sx + (c/n) Sx:
+
+    R(Gamma) = c - 2 tr(Sx Gamma Sx Sw) + tr(Gamma^T Sx Gamma H)
+    Gamma*   = Sw Sx H^-1,    R* = c - tr(Sx Gamma* Sx Sw)
+
+Everything here is jnp and pure, so it jits and vmaps over stacked tasks. The
+Monte Carlo estimators (`bayes_risk`, `optimal_gamma_mc`, `optimal_gd_lr_mc`,
+`gamma_risk_mc`) return an `Estimate` with its standard error, and the last
+three work for any response.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from icl_theory.tasks.regression import Prompts, RegressionTask, sample_prompts
+
+_CHUNK = 8192  # prompts per Monte Carlo chunk: bounds memory, whatever num_samples is
+
+
+class Estimate(NamedTuple):
+  """A Monte Carlo estimate and its standard error (same shape)."""
+  value: jax.Array
+  stderr: jax.Array
+
+
+def _require_gaussian(task: RegressionTask, what: str) -> None:
+  if not task.is_gaussian:
+    raise ValueError(f"{what} is exact only for response='linear' (got response={task.response!r}); "
+                     "use the Monte Carlo estimators (optimal_gamma_mc, gamma_risk_mc) instead")
+
+
+def _moments(task: RegressionTask):
+  sx, sw = task.cov_x, task.cov_w
+  c = jnp.trace(sx @ sw) + task.noise_std**2
+  n = task.n
+  h = ((n + 1) / n) * sx @ sw @ sx + (c / n) * sx
+  return c, h
+
+
+def gd_features(prompts: Prompts) -> tuple[jax.Array, jax.Array]:
+  """g = (1/n) sum_i y_i x_i per prompt (B, d), and x_query (B, d)."""
+  g_BxD = jnp.einsum("bn,bnd->bd", prompts.y, prompts.x) / prompts.x.shape[1]
+  return g_BxD, prompts.x_query
+
+
+def gamma_risk(gamma: jax.Array, task: RegressionTask) -> jax.Array:
+  """Exact population risk of the predictor x_query^T Gamma g (linear responses)."""
+  _require_gaussian(task, "gamma_risk")
+  sx, sw = task.cov_x, task.cov_w
+  c, h = _moments(task)
+  return c - 2 * jnp.trace(sx @ gamma @ sx @ sw) + jnp.trace(gamma.T @ sx @ gamma @ h)
+
+
+def optimal_gamma(task: RegressionTask) -> jax.Array:
+  """Gamma* = Sw Sx H^-1, the global optimum of one LSA layer (linear responses)."""
+  _require_gaussian(task, "optimal_gamma")
+  _, h = _moments(task)
+  # Gamma*^T = H^-1 Sx Sw since H is symmetric.
+  return jnp.linalg.solve(h, task.cov_x @ task.cov_w).T
+
+
+def optimal_risk(task: RegressionTask) -> jax.Array:
+  """R* = R(Gamma*)."""
+  _require_gaussian(task, "optimal_risk")
+  c, _ = _moments(task)
+  return c - jnp.trace(task.cov_x @ optimal_gamma(task) @ task.cov_x @ task.cov_w)
+
+
+def optimal_gd_lr(task: RegressionTask) -> jax.Array:
+  """The best plain-GD step eta (Gamma = eta I); n / (n + d + 1 + sigma^2) when isotropic."""
+  _require_gaussian(task, "optimal_gd_lr")
+  _, h = _moments(task)
+  sx = task.cov_x
+  return jnp.trace(sx @ sx @ task.cov_w) / jnp.trace(sx @ h)
+
+
+# ----------------------------------------------------------------------------------------
+# Monte Carlo: sums accumulated over fixed-size chunks of prompts, in one compiled loop.
+
+
+def mc_sums(key: jax.Array, task: RegressionTask, num_samples: int, stats_fn):
+  """Sums of stats_fn(prompts) over ceil(num_samples / chunk) chunks; returns (sums, count)."""
+  chunk = min(_CHUNK, num_samples)
+  num_chunks = -(-num_samples // chunk)
+
+  def body(total, i):
+    prompts = sample_prompts(jax.random.fold_in(key, i), task, chunk)
+    return jax.tree.map(jnp.add, total, stats_fn(prompts)), None
+
+  shapes = jax.eval_shape(lambda k: stats_fn(sample_prompts(k, task, chunk)), key)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  total, _ = jax.lax.scan(body, zeros, jnp.arange(num_chunks))
+  return total, num_chunks * chunk
+
+
+def mean_and_stderr(sums: jax.Array, sq_sums: jax.Array, count: int) -> Estimate:
+  mean = sums / count
+  var = jnp.maximum(sq_sums / count - mean**2, 0.0) * count / (count - 1)
+  return Estimate(mean, jnp.sqrt(var / count))
+
+
+@functools.partial(jax.jit, static_argnames="num_samples")
+def prediction_risk_mc(key: jax.Array, task: RegressionTask, num_samples: int, predict) -> Estimate:
+  """Monte Carlo risk E[(predict(prompts) - y_query)^2] of any predictor; with its stderr.
+
+  `predict` maps Prompts to (B,) predictions; it is traced as an argument, so it
+  must be a pytree callable such as `jax.tree_util.Partial(fn, *arrays)`.
+  """
+  def stats(prompts):
+    err2 = (predict(prompts) - prompts.y_query) ** 2
+    return err2.sum(), (err2**2).sum()
+
+  (s, s2), count = mc_sums(key, task, num_samples, stats)
+  return mean_and_stderr(s, s2, count)
+
+
+def gamma_predict(gamma: jax.Array, prompts: Prompts) -> jax.Array:
+  """x_query^T Gamma g for each prompt."""
+  g_BxD, xq_BxD = gd_features(prompts)
+  return jnp.einsum("bd,de,be->b", xq_BxD, gamma, g_BxD)
+
+
+def gamma_risk_mc(gamma: jax.Array, task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
+  """Monte Carlo risk of x_query^T Gamma g, for any response."""
+  return prediction_risk_mc(key, task, num_samples, jax.tree_util.Partial(gamma_predict, gamma))
+
+
+def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_var: jax.Array):
+  """Posterior mean and covariance of w given one context, prior N(0, cov_w), noise variance.
+
+  With cov_w = L L^T and w = L v: posterior of v is N(A^-1 L^T X^T y, sigma^2 A^-1),
+  A = L^T X^T X L + sigma^2 I. Written through the eigenvectors of L^T X^T X L so
+  that sigma = 0 (interpolation; zero variance on the data's span) is exact too.
+  """
+  chol = jnp.linalg.cholesky(cov_w)
+  xl_NxD = x_NxD @ chol
+  lam, u = jnp.linalg.eigh(xl_NxD.T @ xl_NxD)
+  tiny = jnp.finfo(lam.dtype).eps * x_NxD.shape[0] * jnp.maximum(lam.max(), 1e-30) * 10
+  seen = lam > tiny
+  denom = jnp.where(seen, lam + noise_var, 1.0)
+  inv_seen = jnp.where(seen, 1.0 / denom, 0.0)
+  # Variance per eigen-direction of v: sigma^2/(lam + sigma^2) if seen; 1 (prior) if unseen.
+  var_dir = jnp.where(seen, noise_var * inv_seen, 1.0)
+  mean_v = u @ (inv_seen * (u.T @ (xl_NxD.T @ y_N)))
+  cov_v = (u * var_dir) @ u.T
+  return chol @ mean_v, chol @ cov_v @ chol.T
+
+
+@functools.partial(jax.jit, static_argnames="num_samples")
+def bayes_risk(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
+  """Risk of the Bayes posterior mean (ridge with the prior): sigma^2 + E_X tr(Sx Cov[w | X])."""
+  _require_gaussian(task, "bayes_risk")
+  noise_var = task.noise_std**2
+
+  def stats(prompts):
+    covs = jax.vmap(bayes_posterior, in_axes=(0, 0, None, None))(prompts.x, prompts.y, task.cov_w, noise_var)[1]
+    r_B = noise_var + jnp.einsum("de,bed->b", task.cov_x, covs)
+    return r_B.sum(), (r_B**2).sum()
+
+  (s, s2), count = mc_sums(key, task, num_samples, stats)
+  return mean_and_stderr(s, s2, count)
+
+
+@functools.partial(jax.jit, static_argnames="num_samples")
+def optimal_gamma_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
+  """Gamma* by least squares of y_query on the d^2 features x_query (x) g; any response.
+
+  Standard errors are the heteroscedasticity-robust (sandwich) ones: two passes
+  over the same prompts, the second for the residuals.
+  """
+  d = task.d
+
+  def features(prompts):
+    g_BxD, xq_BxD = gd_features(prompts)
+    return jnp.einsum("bi,bj->bij", xq_BxD, g_BxD).reshape(-1, d * d)
+
+  def normal_eq(prompts):
+    f_BxF = features(prompts)
+    return f_BxF.T @ f_BxF, f_BxF.T @ prompts.y_query
+
+  (gram, rhs), count = mc_sums(key, task, num_samples, normal_eq)
+  beta = jnp.linalg.solve(gram, rhs)
+
+  def meat(prompts):
+    f_BxF = features(prompts)
+    r_B = prompts.y_query - f_BxF @ beta
+    return (f_BxF * r_B[:, None] ** 2).T @ f_BxF
+
+  m, _ = mc_sums(key, task, num_samples, meat)
+  bread = jnp.linalg.inv(gram)
+  cov = bread @ m @ bread
+  return Estimate(beta.reshape(d, d), jnp.sqrt(jnp.diag(cov)).reshape(d, d))
+
+
+@functools.partial(jax.jit, static_argnames="num_samples")
+def optimal_gd_lr_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
+  """eta_f = E[y_query x_query^T g] / E[g^T g], the best plain-GD step for any response.
+
+  It is Gamma* / I when Gamma* is a multiple of I (isotropic x, rotation-invariant f).
+  The standard error is the delta-method one for a ratio of means.
+  """
+  def stats(prompts):
+    g_BxD, xq_BxD = gd_features(prompts)
+    a = prompts.y_query * jnp.einsum("bd,bd->b", xq_BxD, g_BxD)
+    b = jnp.einsum("bd,bd->b", g_BxD, g_BxD)
+    return a.sum(), b.sum(), (a * a).sum(), (b * b).sum(), (a * b).sum()
+
+  (sa, sb, saa, sbb, sab), count = mc_sums(key, task, num_samples, stats)
+  ma, mb = sa / count, sb / count
+  eta = ma / mb
+  var_a, var_b, cov_ab = saa / count - ma**2, sbb / count - mb**2, sab / count - ma * mb
+  var_eta = (var_a - 2 * eta * cov_ab + eta**2 * var_b) / mb**2 / count
+  return Estimate(eta, jnp.sqrt(jnp.maximum(var_eta, 0.0)))

@@ -1,0 +1,228 @@
+"""The one training loop: any model, loss and sampler, combined into `Objective.loss`.
+
+A training step is a pure function (state, rng) -> (state, loss): the batch is
+drawn inside the step from `fold_in(rng, step)`, so a run is reproducible and
+resumable to the bit. `lax.scan` runs a chunk of steps per dispatch, the state
+is donated, and the host reads the losses only at logging points, one chunk
+late, so the device never waits on Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from icl_theory import files
+
+Params = Any
+
+
+class Objective(NamedTuple):
+  """What to train: `init(key) -> params`, `loss(params, key) -> scalar` on a fresh batch."""
+  init: Callable[[jax.Array], Params]
+  loss: Callable[[Params, jax.Array], jax.Array]
+  batch_size: int  # prompts per step, for the throughput figures
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Params
+  opt_state: Any
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became non-finite; the message names the step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  steps: int
+  log_every: int
+  checkpoint_every: int  # 0: never
+  keep_checkpoints: int = 3
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  history: list[dict]      # one row per logging point
+  compile_seconds: float
+  train_seconds: float     # compiled steps only, this process
+  steps_this_process: int
+  resumed_from: int
+
+
+def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int,
+                   schedule: str, end_lr_fraction: float = 0.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Optimizer and its learning-rate schedule ('cosine': linear warm-up then cosine decay)."""
+  if schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
+        decay_steps=max(steps, warmup_steps + 1), end_value=learning_rate * end_lr_fraction)
+  elif schedule == "constant":
+    lr = optax.constant_schedule(learning_rate)
+  else:
+    raise ValueError(f"schedule={schedule!r} is not allowed: 'cosine' or 'constant'")
+  if name == "adam":
+    return optax.adam(lr), lr
+  if name == "sgd":
+    return optax.sgd(lr, momentum=0.9), lr
+  raise ValueError(f"optimizer={name!r} is not allowed: 'adam' or 'sgd'")
+
+
+def init_state(objective: Objective, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
+  params = objective.init(key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def train_chunk(state: TrainState, rng: jax.Array, objective: Objective,
+                optimizer: optax.GradientTransformation, num_steps: int) -> tuple[TrainState, jax.Array]:
+  """`num_steps` optimizer steps in one `lax.scan`; returns the new state and each step's loss."""
+  grad_fn = jax.value_and_grad(objective.loss)
+
+  def step(state: TrainState, _):
+    loss, grads = grad_fn(state.params, jax.random.fold_in(rng, state.step))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
+
+  return jax.lax.scan(step, state, length=num_steps)
+
+
+def _chunk_ends(start: int, settings: LoopSettings) -> list[int]:
+  """Steps at which a chunk ends: every logging and checkpoint point, and the last step."""
+  marks = {settings.steps}
+  for every in (settings.log_every, settings.checkpoint_every):
+    if every > 0:
+      marks.update(range(every, settings.steps, every))
+  return sorted(m for m in marks if m > start)
+
+
+def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=settings.keep_checkpoints, enable_async_checkpointing=False, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Orbax logs every save at INFO through absl; keep the console to our progress lines."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
+        settings: LoopSettings, seed: int, workdir: str | None = None,
+        reference_loss: float | None = None) -> FitResult:
+  """Trains from scratch or from the latest checkpoint in `workdir`; logs progress.
+
+  `reference_loss` (e.g. the optimal risk R*) is printed beside the loss.
+  Raises `TrainingDiverged` at the first non-finite loss, after keeping the
+  last good checkpoint.
+  """
+  rng = jax.random.PRNGKey(seed)
+  init_key, rng = jax.random.split(rng)
+  state = init_state(objective, optimizer, init_key)
+  history: list[dict] = []
+  manager = None
+  if workdir and settings.checkpoint_every > 0:
+    with _quiet():
+      manager = _checkpoint_manager(workdir, settings)
+  metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
+  resumed_from = 0
+  if manager is not None and manager.latest_step() is not None:
+    resumed_from = manager.latest_step()
+    with _quiet():
+      restored = manager.restore(resumed_from, args=ocp.args.StandardRestore({"state": state, "rng": rng}))
+    state, rng = restored["state"], restored["rng"]
+    history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
+    logging.info("Resumed from the checkpoint at step %d in %s", resumed_from, workdir)
+
+  run = jax.jit(train_chunk, static_argnames=("objective", "optimizer", "num_steps"), donate_argnums=0)
+  compiled: dict[int, Any] = {}
+  compile_seconds = 0.0
+
+  def program(num_steps: int):
+    nonlocal compile_seconds
+    if num_steps not in compiled:
+      t0 = time.perf_counter()
+      compiled[num_steps] = run.lower(state, rng, objective, optimizer, num_steps).compile()
+      compile_seconds += time.perf_counter() - t0
+    return compiled[num_steps]
+
+  start = int(state.step)
+  ends = _chunk_ends(start, settings)
+  for length in {end - begin for begin, end in zip([start, *ends[:-1]], ends)}:
+    program(length)  # compile every chunk length up front: the timing below is training only
+
+  pending = None  # (first step, losses) of the chunk whose losses are not read yet
+  t_start = time.perf_counter()
+  last_log_time, last_log_step = t_start, start
+
+  def drain(chunk_start: int, losses: jax.Array) -> None:
+    nonlocal last_log_time, last_log_step
+    losses = np.asarray(losses)  # the host sync, one chunk late
+    bad = ~np.isfinite(losses)
+    if bad.any():
+      first_bad = chunk_start + int(np.argmax(bad)) + 1
+      raise TrainingDiverged(
+          f"non-finite loss at step {first_bad}: training diverged; the learning rate is the "
+          f"likely cause (try a smaller --config.learning_rate)"
+          + (f"; the last good checkpoint is kept in {workdir}" if manager and manager.latest_step() else ""))
+    step = chunk_start + losses.size
+    now = time.perf_counter()
+    steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
+    last_log_time, last_log_step = now, step
+    row = {"step": step, "loss": float(losses.mean()), "learning_rate": float(lr_schedule(step - 1)),
+           "steps_per_second": steps_per_s, "elapsed_seconds": now - t_start}
+    history.append(row)
+    if metrics_path:
+      files.write_jsonl(metrics_path, history)
+    ref = "" if reference_loss is None else f" (R* {reference_loss:.4f}, {row['loss'] / reference_loss - 1:+.1%})"
+    eta = (settings.steps - step) / max(steps_per_s, 1e-9)
+    logging.info("step %d/%d | loss %.4f%s | %.0f steps/s, %.3g prompts/s | ETA %s", step, settings.steps,
+                 row["loss"], ref, steps_per_s, steps_per_s * objective.batch_size, _format_eta(eta))
+
+  chunk_start = start
+  for end in ends:
+    state, losses = program(end - chunk_start)(state, rng)
+    if pending is not None:
+      drain(*pending)
+    pending = (chunk_start, losses)
+    if manager is not None and (end % settings.checkpoint_every == 0 or end == settings.steps):
+      drain(*pending)  # never checkpoint a diverged state
+      pending = None
+      with _quiet():
+        manager.save(end, args=ocp.args.StandardSave({"state": state, "rng": rng}))
+    chunk_start = end
+  if pending is not None:
+    drain(*pending)
+  jax.block_until_ready(state)
+  train_seconds = time.perf_counter() - t_start
+  if manager is not None:
+    with _quiet():
+      manager.close()
+  return FitResult(state=state, history=history, compile_seconds=compile_seconds, train_seconds=train_seconds,
+                   steps_this_process=settings.steps - start, resumed_from=resumed_from)
