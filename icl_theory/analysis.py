@@ -107,11 +107,13 @@ def _gd_predict(lr: jax.Array, prompts: Prompts) -> jax.Array:
 
 
 def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_samples: int = DEFAULT_EVAL_SAMPLES,
-                   gamma_star: np.ndarray | None = None) -> dict[str, float]:
+                   gamma_star: np.ndarray | None = None,
+                   gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> dict[str, float]:
   """Risks of one-step GD (best eta), preconditioned GD (Gamma*), ridge/Bayes and OLS, with stderrs.
 
   Exact where a closed form exists (GD and preconditioned GD on linear data);
-  ridge's risk is Monte Carlo over X only (exact given X) for linear data.
+  ridge's risk is Monte Carlo over X only (exact given X) for linear data. For
+  other responses eta_f and Gamma* are estimated from `gamma_mc_samples` prompts.
   """
   key = jax.random.PRNGKey(0) if key is None else key
   k_eta, k_gamma, k_risk = jax.random.split(key, 3)
@@ -123,8 +125,8 @@ def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_sampl
     out["preconditioned_gd_risk"], out["preconditioned_gd_risk_stderr"] = float(theory.optimal_risk(task)), 0.0
     out["ridge_risk"], out["ridge_risk_stderr"] = map(float, theory.bayes_risk(task, k_risk, num_samples))
   else:
-    eta = float(theory.optimal_gd_lr_mc(task, k_eta, DEFAULT_GAMMA_MC_SAMPLES).value)
-    gamma_star = reference_gamma(task, k_gamma) if gamma_star is None else gamma_star
+    eta = float(theory.optimal_gd_lr_mc(task, k_eta, gamma_mc_samples).value)
+    gamma_star = reference_gamma(task, k_gamma, gamma_mc_samples) if gamma_star is None else gamma_star
     out["one_step_gd_risk"], out["one_step_gd_risk_stderr"] = mc(jax.tree_util.Partial(_gd_predict, eta))
     out["preconditioned_gd_risk"], out["preconditioned_gd_risk_stderr"] = mc(
         jax.tree_util.Partial(theory.gamma_predict, jnp.asarray(gamma_star, jnp.float32)))

@@ -27,11 +27,12 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    summary = experiments.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    result = experiments.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   except (ConfigError, trainer.TrainingDiverged) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2 if isinstance(error, ConfigError) else 1)
-  print(lsa_regression.format_summary(summary))
+  print(lsa_regression.format_summary(result.summary))
+  print(f"\nwritten to {result.workdir}")
 
 
 def run() -> None:

@@ -44,7 +44,12 @@ class TrainState:
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became non-finite; the message names the step."""
+  """The loss became non-finite or exploded; the message names the step."""
+
+
+# A loss this many times its value at step 1 has exploded: with Adam at a huge learning
+# rate the LSA's loss grows like params^4 and can stay finite in float32 for thousands of steps.
+DIVERGENCE_FACTOR = 1e4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,12 +144,14 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
   """Trains from scratch or from the latest checkpoint in `workdir`; logs progress.
 
   `reference_loss` (e.g. the optimal risk R*) is printed beside the loss.
-  Raises `TrainingDiverged` at the first non-finite loss, after keeping the
-  last good checkpoint.
+  Raises `TrainingDiverged` at the first loss that is non-finite or above
+  DIVERGENCE_FACTOR * max(|loss at step 1|, 1), after keeping the last good checkpoint.
   """
   rng = jax.random.PRNGKey(seed)
   init_key, rng = jax.random.split(rng)
   state = init_state(objective, optimizer, init_key)
+  initial_loss = float(jax.jit(objective.loss)(state.params, jax.random.fold_in(rng, 0)))
+  loss_limit = DIVERGENCE_FACTOR * max(abs(initial_loss), 1.0)
   history: list[dict] = []
   manager = None
   if workdir and settings.checkpoint_every > 0:
@@ -184,11 +191,12 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
   def drain(chunk_start: int, losses: jax.Array) -> None:
     nonlocal last_log_time, last_log_step
     losses = np.asarray(losses)  # the host sync, one chunk late
-    bad = ~np.isfinite(losses)
+    bad = ~(losses <= loss_limit)  # also catches nan
     if bad.any():
-      first_bad = chunk_start + int(np.argmax(bad)) + 1
+      i = int(np.argmax(bad))
+      what = "non-finite loss" if not np.isfinite(losses[i]) else f"loss {losses[i]:.3g} (over {loss_limit:.3g})"
       raise TrainingDiverged(
-          f"non-finite loss at step {first_bad}: training diverged; the learning rate is the "
+          f"{what} at step {chunk_start + i + 1}: training diverged; the learning rate is the "
           f"likely cause (try a smaller --config.learning_rate)"
           + (f"; the last good checkpoint is kept in {workdir}" if manager and manager.latest_step() else ""))
     step = chunk_start + losses.size

@@ -41,4 +41,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000 # steps between orbax checkpoints (0: none); a rerun resumes
   config.keep_checkpoints = 3    # how many recent checkpoints to keep
   config.eval_samples = 100_000  # fresh prompts for the Monte Carlo risks in summary.json
+  config.gamma_mc_samples = 1_000_000  # prompts for the Monte Carlo Gamma* and eta_f (nonlinear responses)
   return config

@@ -23,8 +23,12 @@ def default_workdir(experiment: str, root: str = "runs") -> str:
   return path
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-  """Runs the experiment `config.experiment` into `workdir` (a fresh folder if None); returns its summary."""
+def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False) -> Any:
+  """Runs the experiment `config.experiment` into `workdir` (a fresh folder if None).
+
+  Returns the experiment's result: for 'lsa_regression' a `RunResult` with
+  `.summary` (the summary.json dict), `.params`, `.task`, `.history`, `.workdir`.
+  """
   experiment = check_choice("experiment", config.get("experiment"), tuple(_RUNNERS))
   workdir = workdir or default_workdir(experiment)
   return _RUNNERS[experiment](config, workdir, overwrite=overwrite)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,7 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   check_int("checkpoint_every", config.checkpoint_every, 0)
   check_int("keep_checkpoints", config.keep_checkpoints, 1)
   check_int("eval_samples", config.eval_samples, 2)
+  check_int("gamma_mc_samples", config.gamma_mc_samples, 2)
   if config.schedule == "cosine" and config.warmup_steps >= steps:
     raise ConfigError(f"warmup_steps={config.warmup_steps!r} is not allowed: fewer than steps={steps}")
   return task
@@ -95,8 +96,17 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite:
   files.write_json(path, wanted)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> dict[str, Any]:
-  """Trains, compares with the theory, writes the workdir; returns the summary dict."""
+class RunResult(NamedTuple):
+  """What `icl_theory.train` returns: the summary.json dict, and what a notebook needs next."""
+  summary: dict[str, Any]
+  params: Any            # the trained LSA's parameters (for compare, effective_gamma, ...)
+  task: RegressionTask
+  history: list[dict]    # the metrics.jsonl rows
+  workdir: str
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> RunResult:
+  """Trains, compares with the theory, writes the workdir."""
   t_start = time.perf_counter()
   task = validate_config(config)
   _prepare_workdir(workdir, config, overwrite)
@@ -105,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.log_every,
                                   checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints)
   eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1_000_003)
-  gamma_star = analysis.reference_gamma(task, eval_key)
+  gamma_star = analysis.reference_gamma(task, eval_key, config.gamma_mc_samples)
   reference = float(theory.optimal_risk(task)) if task.is_gaussian else None
   logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
                task.d, task.n, workdir)
@@ -120,7 +130,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
       "effective_gamma": lsa.effective_gamma(params) if config.num_layers == 1 else None,
       "optimal_gamma": gamma_star,
       **comparison,
-      **analysis.baseline_risks(task, eval_key, config.eval_samples, gamma_star=gamma_star),
+      **analysis.baseline_risks(task, eval_key, config.eval_samples, gamma_star=gamma_star,
+                                gamma_mc_samples=config.gamma_mc_samples),
       "final_train_loss": result.history[-1]["loss"] if result.history else None,
       "steps": int(result.state.step),
       "resumed_from_step": result.resumed_from,
@@ -133,7 +144,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   summary["wall_seconds"] = time.perf_counter() - t_start
   files.write_json(os.path.join(workdir, "summary.json"), summary)
   plotting.plot_lsa_run(summary, result.history, os.path.join(workdir, "lsa.png"))
-  return files.to_builtin(summary)
+  return RunResult(files.to_builtin(summary), params, task, result.history, workdir)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,0 +1,90 @@
+"""The generic training loop: chunking, checkpoint resume, divergence guard."""
+
+import os
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from icl_theory import files, trainer
+from icl_theory.configs import lsa as lsa_config
+from icl_theory.experiments import lsa_regression
+
+
+def _setup(steps=40, learning_rate=0.01, **fields):
+  config = lsa_config.get_config()
+  config.update(d=2, n=4, batch_size=64, steps=steps, warmup_steps=5, learning_rate=learning_rate, **fields)
+  task = lsa_regression.validate_config(config)
+  optimizer, schedule = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps,
+                                               config.warmup_steps, config.schedule)
+  return lsa_regression.make_objective(task, config), optimizer, schedule
+
+
+def _fit(settings, workdir=None, **kw):
+  objective, optimizer, schedule = _setup(steps=settings.steps, **kw)
+  return trainer.fit(objective, optimizer, schedule, settings, seed=3, workdir=workdir)
+
+
+def test_chunking_does_not_change_the_result():
+  one = _fit(trainer.LoopSettings(steps=40, log_every=40, checkpoint_every=0))
+  many = _fit(trainer.LoopSettings(steps=40, log_every=7, checkpoint_every=0))
+  chex.assert_trees_all_equal(one.state.params, many.state.params)
+  assert [r["step"] for r in many.history] == [7, 14, 21, 28, 35, 40]
+
+
+def test_training_lowers_the_loss_towards_the_optimum():
+  # d=2, n=4: predicting 0 costs E[y^2] = d = 2; the optimum is R* = d(d+1)/(n+d+1) = 6/7.
+  result = _fit(trainer.LoopSettings(steps=200, log_every=50, checkpoint_every=0))
+  assert result.history[-1]["loss"] < 0.5 * (2.0 + 6 / 7)
+
+
+def test_resume_from_checkpoint_is_bit_exact(tmp_path):
+  settings = trainer.LoopSettings(steps=40, log_every=10, checkpoint_every=20)
+  full = _fit(settings, workdir=str(tmp_path / "full"))
+  # An interrupted run: stop after the checkpoint at step 20 (forget what came after), then resume.
+  part = tmp_path / "part"
+  _fit(trainer.LoopSettings(steps=40, log_every=10, checkpoint_every=20), workdir=str(part))
+  shutil.rmtree(part / "checkpoints" / "40")
+  files.write_jsonl(str(part / "metrics.jsonl"), [r for r in files.read_jsonl(str(part / "metrics.jsonl"))
+                                                  if r["step"] <= 20])
+  resumed = _fit(settings, workdir=str(part))
+  assert resumed.resumed_from == 20
+  assert resumed.steps_this_process == 20
+  chex.assert_trees_all_equal(full.state.params, resumed.state.params)
+  chex.assert_trees_all_equal(full.state.opt_state, resumed.state.opt_state)
+  assert [r["step"] for r in resumed.history] == [10, 20, 30, 40]
+  assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+
+
+def test_keeps_only_the_last_checkpoints(tmp_path):
+  _fit(trainer.LoopSettings(steps=50, log_every=10, checkpoint_every=10, keep_checkpoints=2), workdir=str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["40", "50"]
+
+
+def test_exploding_loss_is_divergence():
+  # Adam at lr=1e6: the loss explodes (~1e24) but stays finite in float32 for thousands of steps.
+  with pytest.raises(trainer.TrainingDiverged, match=r"loss .* at step \d+: training diverged.*learning rate"):
+    _fit(trainer.LoopSettings(steps=3000, log_every=100, checkpoint_every=0), learning_rate=1e6)
+
+
+def test_divergence_names_the_first_bad_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  def loss(params, key):
+    del key
+    return jnp.where(params["t"] >= 13.5, jnp.nan, params["t"])  # t = 1 + step: nan from step 14 on
+
+  objective = trainer.Objective(init=lambda key: {"t": jnp.ones(())}, loss=loss, batch_size=1)
+  optimizer = trainer.optax.sgd(-1.0)  # the gradient is 1: each step adds 1 to t
+  settings = trainer.LoopSettings(steps=30, log_every=10, checkpoint_every=10)
+  with pytest.raises(trainer.TrainingDiverged, match="non-finite loss at step 14:"):
+    trainer.fit(objective, optimizer, trainer.optax.constant_schedule(1.0), settings, seed=0, workdir=str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints") == ["10"]
+
+
+def test_make_optimizer_rejects_unknown_names():
+  with pytest.raises(ValueError, match="optimizer='rmsprop'"):
+    trainer.make_optimizer("rmsprop", 0.1, 10, 1, "cosine")
+  with pytest.raises(ValueError, match="schedule='linear'"):
+    trainer.make_optimizer("adam", 0.1, 10, 1, "linear")
