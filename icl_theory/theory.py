@@ -136,21 +136,20 @@ def gamma_risk_mc(gamma: jax.Array, task: RegressionTask, key: jax.Array, num_sa
 def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_var: jax.Array):
   """Posterior mean and covariance of w given one context, prior N(0, cov_w), noise variance.
 
-  With cov_w = L L^T and w = L v: posterior of v is N(A^-1 L^T X^T y, sigma^2 A^-1),
-  A = L^T X^T X L + sigma^2 I. Written through the eigenvectors of L^T X^T X L so
-  that sigma = 0 (interpolation; zero variance on the data's span) is exact too.
+  With cov_w = L L^T and w = L v, the posterior of v follows from the SVD
+  X L = U diag(s) V^T: along a seen direction (s > 0) the mean is s/(s^2+sigma^2) u^T y
+  and the variance sigma^2/(s^2+sigma^2); unseen directions keep the prior. The SVD
+  (not the Gram matrix, whose condition number is squared) keeps sigma = 0 with
+  n close to d exact in float32.
   """
   chol = jnp.linalg.cholesky(cov_w)
   xl_NxD = x_NxD @ chol
-  lam, u = jnp.linalg.eigh(xl_NxD.T @ xl_NxD)
-  tiny = jnp.finfo(lam.dtype).eps * x_NxD.shape[0] * jnp.maximum(lam.max(), 1e-30) * 10
-  seen = lam > tiny
-  denom = jnp.where(seen, lam + noise_var, 1.0)
-  inv_seen = jnp.where(seen, 1.0 / denom, 0.0)
-  # Variance per eigen-direction of v: sigma^2/(lam + sigma^2) if seen; 1 (prior) if unseen.
-  var_dir = jnp.where(seen, noise_var * inv_seen, 1.0)
-  mean_v = u @ (inv_seen * (u.T @ (xl_NxD.T @ y_N)))
-  cov_v = (u * var_dir) @ u.T
+  u_NxK, s_K, vt_KxD = jnp.linalg.svd(xl_NxD, full_matrices=False)
+  seen = s_K > jnp.finfo(s_K.dtype).eps * max(x_NxD.shape) * s_K.max()
+  denom = jnp.where(seen, s_K**2 + noise_var, 1.0)
+  mean_v = vt_KxD.T @ (jnp.where(seen, s_K / denom, 0.0) * (u_NxK.T @ y_N))
+  shrink_K = jnp.where(seen, s_K**2 / denom, 0.0)  # the fraction of prior variance removed
+  cov_v = jnp.eye(x_NxD.shape[1]) - (vt_KxD.T * shrink_K) @ vt_KxD
   return chol @ mean_v, chol @ cov_v @ chol.T
 
 
@@ -202,15 +201,17 @@ def optimal_gamma_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> 
 
 @functools.partial(jax.jit, static_argnames="num_samples")
 def optimal_gd_lr_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
-  """eta_f = E[y_query x_query^T g] / E[g^T g], the best plain-GD step for any response.
+  """The best plain-GD step eta_f = E[y_query x_query^T g] / E[g^T cov_x g], for any response.
 
-  It is Gamma* / I when Gamma* is a multiple of I (isotropic x, rotation-invariant f).
+  The denominator is E[(x_query^T g)^2] with the query integrated out exactly
+  (x_query is independent of g). With cov_x = I this is THEORY.md's
+  E[y_q x_q^T g] / E[g^T g], and eta_f I = Gamma* for a rotation-invariant f.
   The standard error is the delta-method one for a ratio of means.
   """
   def stats(prompts):
     g_BxD, xq_BxD = gd_features(prompts)
     a = prompts.y_query * jnp.einsum("bd,bd->b", xq_BxD, g_BxD)
-    b = jnp.einsum("bd,bd->b", g_BxD, g_BxD)
+    b = jnp.einsum("bd,de,be->b", g_BxD, task.cov_x, g_BxD)
     return a.sum(), b.sum(), (a * a).sum(), (b * b).sum(), (a * b).sum()
 
   (sa, sb, saa, sbb, sab), count = mc_sums(key, task, num_samples, stats)

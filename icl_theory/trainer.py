@@ -118,7 +118,8 @@ def _chunk_ends(start: int, settings: LoopSettings) -> list[int]:
 
 def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=settings.keep_checkpoints, enable_async_checkpointing=False, create=True)
+      max_to_keep=settings.keep_checkpoints, enable_async_checkpointing=False, create=True,
+      cleanup_tmp_directories=True)  # a kill mid-save leaves a tmp dir; never a half checkpoint
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 

@@ -29,7 +29,7 @@ def check_int(field: str, value: Any, minimum: int) -> int:
 def check_float(field: str, value: Any, *, minimum: float = -math.inf, strict: bool = False) -> float:
   """A finite real number >= minimum (> minimum when strict)."""
   allowed = f"a finite number {'>' if strict else '>='} {minimum:g}"
-  if isinstance(value, bool):
+  if isinstance(value, (bool, str)):
     raise fail(field, value, allowed)
   try:
     number = float(value)
