@@ -105,3 +105,14 @@ def test_workdir_of_another_config_is_refused(tmp_path):
 def test_bad_config_names_the_field(field, value):
   with pytest.raises(icl_theory.ConfigError, match=f"^{field}="):
     lsa_regression.validate_config(_config(**{field: value}))
+
+
+def test_same_config_and_seed_give_identical_numbers(tmp_path):
+  config = _config(steps=300, log_every=100, warmup_steps=10)
+  a = icl_theory.train(config, str(tmp_path / "a")).summary
+  b = icl_theory.train(config, str(tmp_path / "b")).summary
+  timings = {"wall_seconds", "compile_seconds", "train_seconds", "prompts_per_second"}
+  assert {k: v for k, v in a.items() if k not in timings} == {k: v for k, v in b.items() if k not in timings}
+  config.seed = 1
+  c = icl_theory.train(config, str(tmp_path / "c")).summary
+  assert c["effective_gamma"] != a["effective_gamma"]  # the seed matters
