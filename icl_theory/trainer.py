@@ -1,10 +1,14 @@
 """The one training loop: any model, loss and sampler, combined into `Objective.loss`.
 
-A training step is a pure function (state, rng) -> (state, loss): the batch is
-drawn inside the step from `fold_in(rng, step)`, so a run is reproducible and
+A training step is a pure function (state, rng, task) -> (state, loss): the batch
+is drawn inside the step from `fold_in(rng, step)`, so a run is reproducible and
 resumable to the bit. `lax.scan` runs a chunk of steps per dispatch, the state
 is donated, and the host reads the losses only at logging points, one chunk
 late, so the device never waits on Python.
+
+`fit_group` trains R runs of the same shapes (seeds, covariances, noise levels:
+whatever differs only in array values) as one vmapped program whose run axis is
+sharded over the devices; `fit` is the one-run case.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax
 import jax
@@ -23,6 +27,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from icl_theory import files
 
@@ -30,9 +35,13 @@ Params = Any
 
 
 class Objective(NamedTuple):
-  """What to train: `init(key) -> params`, `loss(params, key) -> scalar` on a fresh batch."""
+  """What to train: `init(key) -> params`; `loss(params, key, task) -> scalar` on a fresh batch.
+
+  `task` is a pytree of the run's data-distribution arrays (e.g. a RegressionTask):
+  an argument rather than a closure, so that runs differing only in it share a program.
+  """
   init: Callable[[jax.Array], Params]
-  loss: Callable[[Params, jax.Array], jax.Array]
+  loss: Callable[[Params, jax.Array, Any], jax.Array]
   batch_size: int  # prompts per step, for the throughput figures
 
 
@@ -62,12 +71,13 @@ class LoopSettings:
 
 @dataclasses.dataclass
 class FitResult:
-  state: TrainState
-  history: list[dict]      # one row per logging point
+  state: TrainState        # for fit_group, every leaf has a leading run axis
+  history: list[dict]      # one row per logging point; for fit_group "loss" is a list over runs
   compile_seconds: float
   train_seconds: float     # compiled steps only, this process
   steps_this_process: int
   resumed_from: int
+  diverged_at: np.ndarray | None = None  # fit_group: per run, the first bad step (0: never)
 
 
 def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int,
@@ -93,18 +103,25 @@ def init_state(objective: Objective, optimizer: optax.GradientTransformation, ke
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def train_chunk(state: TrainState, rng: jax.Array, objective: Objective,
+def train_chunk(state: TrainState, rng: jax.Array, task: Any, objective: Objective,
                 optimizer: optax.GradientTransformation, num_steps: int) -> tuple[TrainState, jax.Array]:
   """`num_steps` optimizer steps in one `lax.scan`; returns the new state and each step's loss."""
   grad_fn = jax.value_and_grad(objective.loss)
 
   def step(state: TrainState, _):
-    loss, grads = grad_fn(state.params, jax.random.fold_in(rng, state.step))
+    loss, grads = grad_fn(state.params, jax.random.fold_in(rng, state.step), task)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
 
   return jax.lax.scan(step, state, length=num_steps)
+
+
+def train_group_chunk(states: TrainState, rngs: jax.Array, tasks: Any, objective: Objective,
+                      optimizer: optax.GradientTransformation, num_steps: int) -> tuple[TrainState, jax.Array]:
+  """`train_chunk` vmapped over a leading run axis; losses are (runs, num_steps)."""
+  chunk = lambda state, rng, task: train_chunk(state, rng, task, objective, optimizer, num_steps)
+  return jax.vmap(chunk)(states, rngs, tasks)
 
 
 def _chunk_ends(start: int, settings: LoopSettings) -> list[int]:
@@ -139,20 +156,38 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
-        settings: LoopSettings, seed: int, workdir: str | None = None,
-        reference_loss: float | None = None) -> FitResult:
-  """Trains from scratch or from the latest checkpoint in `workdir`; logs progress.
+def _pad_runs(tree: Any, total: int) -> Any:
+  """Repeats the last run until the run axis has `total` entries (for an even split over devices)."""
+  def pad(x):
+    extra = total - x.shape[0]
+    return x if extra == 0 else np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+  return jax.tree.map(pad, tree)
 
-  `reference_loss` (e.g. the optimal risk R*) is printed beside the loss.
-  Raises `TrainingDiverged` at the first loss that is non-finite or above
-  DIVERGENCE_FACTOR * max(|loss at step 1|, 1), after keeping the last good checkpoint.
+
+def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
+              settings: LoopSettings, seeds: Sequence[int], tasks: Any, workdir: str | None = None,
+              reference_loss: float | None = None, stop_on_divergence: bool = False,
+              devices: Sequence[jax.Device] | None = None) -> FitResult:
+  """Trains len(seeds) runs as one vmapped program, sharded over `devices` (default: all).
+
+  `tasks` is a pytree whose leaves have a leading axis of len(seeds). Resumes from
+  the latest checkpoint in `workdir`. A run whose loss turns non-finite or above
+  DIVERGENCE_FACTOR * max(|its loss at step 1|, 1) is marked in `diverged_at` and
+  the others go on, unless `stop_on_divergence`, which raises `TrainingDiverged`
+  before the diverged state could be checkpointed.
   """
-  rng = jax.random.PRNGKey(seed)
-  init_key, rng = jax.random.split(rng)
-  state = init_state(objective, optimizer, init_key)
-  initial_loss = float(jax.jit(objective.loss)(state.params, jax.random.fold_in(rng, 0)))
-  loss_limit = DIVERGENCE_FACTOR * max(abs(initial_loss), 1.0)
+  num_runs = len(seeds)
+  devices = list(devices or jax.devices())
+  padded = -(-num_runs // len(devices)) * len(devices)
+  sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
+  host_tasks = _pad_runs(jax.tree.map(np.asarray, tasks), padded)
+  keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in _pad_runs(np.asarray(seeds), padded)])
+  init_keys, rngs = jax.device_put((keys[:, 0], keys[:, 1]), sharding)
+  tasks = jax.device_put(host_tasks, sharding)
+  states = jax.jit(jax.vmap(lambda k: init_state(objective, optimizer, k)), out_shardings=sharding)(init_keys)
+  initial = jax.jit(jax.vmap(lambda s, r, t: objective.loss(s.params, jax.random.fold_in(r, 0), t)))(states, rngs, tasks)
+  loss_limit = DIVERGENCE_FACTOR * np.maximum(np.abs(np.asarray(initial)[:num_runs]), 1.0)
+  diverged_at = np.zeros(num_runs, np.int64)
   history: list[dict] = []
   manager = None
   if workdir and settings.checkpoint_every > 0:
@@ -162,13 +197,14 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
   resumed_from = 0
   if manager is not None and manager.latest_step() is not None:
     resumed_from = manager.latest_step()
+    target = {"state": states, "rng": rngs, "diverged_at": diverged_at}
     with _quiet():
-      restored = manager.restore(resumed_from, args=ocp.args.StandardRestore({"state": state, "rng": rng}))
-    state, rng = restored["state"], restored["rng"]
+      restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
+    states, rngs, diverged_at = restored["state"], restored["rng"], np.asarray(restored["diverged_at"])
     history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
     logging.info("Resumed from the checkpoint at step %d in %s", resumed_from, workdir)
 
-  run = jax.jit(train_chunk, static_argnames=("objective", "optimizer", "num_steps"), donate_argnums=0)
+  run = jax.jit(train_group_chunk, static_argnames=("objective", "optimizer", "num_steps"), donate_argnums=0)
   compiled: dict[int, Any] = {}
   compile_seconds = 0.0
 
@@ -176,11 +212,11 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
     nonlocal compile_seconds
     if num_steps not in compiled:
       t0 = time.perf_counter()
-      compiled[num_steps] = run.lower(state, rng, objective, optimizer, num_steps).compile()
+      compiled[num_steps] = run.lower(states, rngs, tasks, objective, optimizer, num_steps).compile()
       compile_seconds += time.perf_counter() - t0
     return compiled[num_steps]
 
-  start = int(state.step)
+  start = resumed_from
   ends = _chunk_ends(start, settings)
   for length in {end - begin for begin, end in zip([start, *ends[:-1]], ends)}:
     program(length)  # compile every chunk length up front: the timing below is training only
@@ -191,47 +227,72 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
 
   def drain(chunk_start: int, losses: jax.Array) -> None:
     nonlocal last_log_time, last_log_step
-    losses = np.asarray(losses)  # the host sync, one chunk late
-    bad = ~(losses <= loss_limit)  # also catches nan
-    if bad.any():
-      i = int(np.argmax(bad))
-      what = "non-finite loss" if not np.isfinite(losses[i]) else f"loss {losses[i]:.3g} (over {loss_limit:.3g})"
-      raise TrainingDiverged(
-          f"{what} at step {chunk_start + i + 1}: training diverged; the learning rate is the "
-          f"likely cause (try a smaller --config.learning_rate)"
-          + (f"; the last good checkpoint is kept in {workdir}" if manager and manager.latest_step() else ""))
-    step = chunk_start + losses.size
+    losses = np.asarray(losses)[:num_runs]  # the host sync, one chunk late
+    bad = ~(losses <= loss_limit[:, None])  # also catches nan
+    for r in np.flatnonzero(bad.any(axis=1) & (diverged_at == 0)):
+      i = int(np.argmax(bad[r]))
+      diverged_at[r] = chunk_start + i + 1
+      what = "non-finite loss" if not np.isfinite(losses[r, i]) else f"loss {losses[r, i]:.3g} (over {loss_limit[r]:.3g})"
+      message = (f"{what} at step {diverged_at[r]}: training diverged; the learning rate is the "
+                 f"likely cause (try a smaller --config.learning_rate)")
+      if stop_on_divergence:
+        kept = manager is not None and manager.latest_step() is not None
+        raise TrainingDiverged(message + (f"; the last good checkpoint is kept in {workdir}" if kept else ""))
+      logging.warning("run %d of %d: %s", r, num_runs, message)
+    step = chunk_start + losses.shape[1]
     now = time.perf_counter()
     steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
     last_log_time, last_log_step = now, step
-    row = {"step": step, "loss": float(losses.mean()), "learning_rate": float(lr_schedule(step - 1)),
+    run_losses = np.where(diverged_at == 0, losses.mean(axis=1), np.nan)
+    row = {"step": step, "loss": run_losses.tolist(), "learning_rate": float(lr_schedule(step - 1)),
            "steps_per_second": steps_per_s, "elapsed_seconds": now - t_start}
     history.append(row)
     if metrics_path:
       files.write_jsonl(metrics_path, history)
-    ref = "" if reference_loss is None else f" (R* {reference_loss:.4f}, {row['loss'] / reference_loss - 1:+.1%})"
+    alive = run_losses[diverged_at == 0]
+    loss = float(alive.mean()) if alive.size else math.nan
+    ref = "" if reference_loss is None else f" (R* {reference_loss:.4f}, {loss / reference_loss - 1:+.1%})"
+    runs = "" if num_runs == 1 else f" (mean of {alive.size} runs)"
     eta = (settings.steps - step) / max(steps_per_s, 1e-9)
-    logging.info("step %d/%d | loss %.4f%s | %.0f steps/s, %.3g prompts/s | ETA %s", step, settings.steps,
-                 row["loss"], ref, steps_per_s, steps_per_s * objective.batch_size, _format_eta(eta))
+    logging.info("step %d/%d | loss %.4f%s%s | %.0f steps/s, %.3g prompts/s | ETA %s", step, settings.steps,
+                 loss, runs, ref, steps_per_s, steps_per_s * objective.batch_size * num_runs, _format_eta(eta))
 
   chunk_start = start
   for end in ends:
-    state, losses = program(end - chunk_start)(state, rng)
+    states, losses = program(end - chunk_start)(states, rngs, tasks)
     if pending is not None:
       drain(*pending)
     pending = (chunk_start, losses)
     if manager is not None and (end % settings.checkpoint_every == 0 or end == settings.steps):
-      drain(*pending)  # never checkpoint a diverged state
+      drain(*pending)  # read the losses first: a diverged run is marked before it is saved
       pending = None
       with _quiet():
-        manager.save(end, args=ocp.args.StandardSave({"state": state, "rng": rng}))
+        manager.save(end, args=ocp.args.StandardSave({"state": states, "rng": rngs, "diverged_at": diverged_at}))
     chunk_start = end
   if pending is not None:
     drain(*pending)
-  jax.block_until_ready(state)
+  jax.block_until_ready(states)
   train_seconds = time.perf_counter() - t_start
   if manager is not None:
     with _quiet():
       manager.close()
-  return FitResult(state=state, history=history, compile_seconds=compile_seconds, train_seconds=train_seconds,
-                   steps_this_process=settings.steps - start, resumed_from=resumed_from)
+  states = jax.tree.map(lambda x: x[:num_runs], states)
+  return FitResult(state=states, history=history, compile_seconds=compile_seconds, train_seconds=train_seconds,
+                   steps_this_process=settings.steps - start, resumed_from=resumed_from, diverged_at=diverged_at)
+
+
+def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
+        settings: LoopSettings, seed: int, task: Any = None, workdir: str | None = None,
+        reference_loss: float | None = None) -> FitResult:
+  """Trains one run (on one device); resumes from `workdir`; logs progress.
+
+  `reference_loss` (e.g. the optimal risk R*) is printed beside the loss.
+  Raises `TrainingDiverged` at the first loss that is non-finite or above
+  DIVERGENCE_FACTOR * max(|loss at step 1|, 1), after keeping the last good checkpoint.
+  """
+  tasks = jax.tree.map(lambda x: np.asarray(x)[None], task)
+  result = fit_group(objective, optimizer, lr_schedule, settings, [seed], tasks, workdir, reference_loss,
+                     stop_on_divergence=True, devices=jax.devices()[:1])
+  result.state = jax.tree.map(lambda x: x[0], result.state)
+  result.history = [{**row, "loss": row["loss"][0]} for row in result.history]
+  return result

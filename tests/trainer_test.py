@@ -20,12 +20,12 @@ def _setup(steps=40, learning_rate=0.01, **fields):
   task = lsa_regression.validate_config(config)
   optimizer, schedule = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps,
                                                config.warmup_steps, config.schedule)
-  return lsa_regression.make_objective(task, config), optimizer, schedule
+  return lsa_regression.make_objective(task, config), optimizer, schedule, task
 
 
 def _fit(settings, workdir=None, **kw):
-  objective, optimizer, schedule = _setup(steps=settings.steps, **kw)
-  return trainer.fit(objective, optimizer, schedule, settings, seed=3, workdir=workdir)
+  objective, optimizer, schedule, task = _setup(steps=settings.steps, **kw)
+  return trainer.fit(objective, optimizer, schedule, settings, seed=3, task=task, workdir=workdir)
 
 
 def test_chunking_does_not_change_the_result():
@@ -71,8 +71,8 @@ def test_exploding_loss_is_divergence():
 
 
 def test_divergence_names_the_first_bad_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  def loss(params, key):
-    del key
+  def loss(params, key, task):
+    del key, task
     return jnp.where(params["t"] >= 13.5, jnp.nan, params["t"])  # t = 1 + step: nan from step 14 on
 
   objective = trainer.Objective(init=lambda key: {"t": jnp.ones(())}, loss=loss, batch_size=1)
@@ -88,3 +88,34 @@ def test_make_optimizer_rejects_unknown_names():
     trainer.make_optimizer("rmsprop", 0.1, 10, 1, "cosine")
   with pytest.raises(ValueError, match="schedule='linear'"):
     trainer.make_optimizer("adam", 0.1, 10, 1, "linear")
+
+
+def test_group_equals_runs_trained_one_by_one():
+  objective, optimizer, schedule, _ = _setup(steps=60)
+  settings = trainer.LoopSettings(steps=60, log_every=20, checkpoint_every=0)
+  tasks = [lsa_regression.RegressionTask(d=2, n=4, cov_x=cov, noise_std=noise)
+           for cov, noise in [("identity", 0.0), ("geometric:5@1", 0.3), ("diag:1,2", 1.0)]]
+  seeds = [0, 1, 2]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *tasks)
+  group = trainer.fit_group(objective, optimizer, schedule, settings, seeds, stacked)
+  assert group.state.step.shape == (3,)
+  for r, (seed, task) in enumerate(zip(seeds, tasks)):
+    alone = trainer.fit(objective, optimizer, schedule, settings, seed, task)
+    run_r = jax.tree.map(lambda x: x[r], group.state.params)
+    chex.assert_trees_all_close(run_r, alone.state.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([row["loss"][r] for row in group.history],
+                               [row["loss"] for row in alone.history], rtol=1e-5)
+
+
+def test_a_diverged_run_is_marked_and_the_others_go_on():
+  def loss(params, key, task):
+    del key
+    return jnp.where(params["t"] >= task, jnp.nan, params["t"])  # run r is nan once t reaches task[r]
+
+  objective = trainer.Objective(init=lambda key: {"t": jnp.ones(())}, loss=loss, batch_size=1)
+  settings = trainer.LoopSettings(steps=30, log_every=10, checkpoint_every=0)
+  result = trainer.fit_group(objective, trainer.optax.sgd(-1.0), trainer.optax.constant_schedule(1.0), settings,
+                             [0, 0, 0], np.array([100.0, 13.5, 25.5]))
+  np.testing.assert_array_equal(result.diverged_at, [0, 14, 26])
+  np.testing.assert_array_equal(result.state.params["t"][0], 31.0)
+  assert np.isnan(result.history[-1]["loss"][1]) and result.history[-1]["loss"][0] == np.mean(np.arange(21, 31))

@@ -68,7 +68,7 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> t
   def init(key):
     return model.init(key, dummy.x, dummy.y, dummy.x_query)["params"]
 
-  def loss(params, key):
+  def loss(params, key, task):
     prompts = sample_prompts(key, task, batch_size)
     pred = model.apply({"params": params}, prompts.x, prompts.y, prompts.x_query)
     return jnp.mean((pred - prompts.y_query) ** 2)
@@ -119,7 +119,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   reference = float(theory.optimal_risk(task)) if task.is_gaussian else None
   logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
                task.d, task.n, workdir)
-  result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed,
+  result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task,
                        workdir, reference_loss=reference)
 
   params = result.state.params
