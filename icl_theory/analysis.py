@@ -23,29 +23,68 @@ DEFAULT_EVAL_SAMPLES = 100_000
 DEFAULT_GAMMA_MC_SAMPLES = 1_000_000
 
 
-def _mean_stderr(total: jax.Array, total_sq: jax.Array, count: int) -> tuple[float, float]:
+def _mc(sums, count) -> tuple[jax.Array, jax.Array]:
+  total, total_sq = sums
   est = theory.mean_and_stderr(total, total_sq, count)
-  return float(est.value), float(est.stderr)
+  return est.value, est.stderr
 
 
-@functools.partial(jax.jit, static_argnames="num_samples")
-def _model_stats(params, gamma_star, task: RegressionTask, key: jax.Array, num_samples: int):
-  """Sums over fresh prompts: the network's squared error, and its squared gap to Gamma*'s predictions."""
-  def stats(prompts: Prompts):
-    pred = lsa.predict(params, prompts)
-    err2 = (pred - prompts.y_query) ** 2
-    gap2 = (pred - theory.gamma_predict(gamma_star, prompts)) ** 2
-    return err2.sum(), (err2**2).sum(), gap2.sum(), (gap2**2).sum()
-  return theory.mc_sums(key, task, num_samples, stats)
+def _reference_gamma(task: RegressionTask, key: jax.Array, num_samples: int) -> jax.Array:
+  if task.is_gaussian:
+    return theory.optimal_gamma(task)
+  return theory.optimal_gamma_mc(task, key, num_samples).value
 
 
 def reference_gamma(task: RegressionTask, key: jax.Array | None = None,
                     num_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> np.ndarray:
   """Gamma*: exact for linear responses, the Monte Carlo least-squares optimum otherwise."""
-  if task.is_gaussian:
-    return np.asarray(theory.optimal_gamma(task))
   key = jax.random.PRNGKey(1) if key is None else key
-  return np.asarray(theory.optimal_gamma_mc(task, key, num_samples).value)
+  return np.asarray(_reference_gamma(task, key, num_samples))
+
+
+def _compare_arrays(params, task: RegressionTask, gamma_star: jax.Array, key: jax.Array,
+                    num_samples: int) -> dict[str, jax.Array]:
+  """compare() as a pure function of arrays: it jits, and vmaps over runs."""
+  k_model, _, k_risk = jax.random.split(key, 3)
+
+  def stats(prompts: Prompts):
+    pred = lsa.predict(params, prompts)
+    err2 = (pred - prompts.y_query) ** 2
+    gap2 = (pred - theory.gamma_predict(gamma_star, prompts)) ** 2
+    return (err2.sum(), (err2**2).sum()), (gap2.sum(), (gap2**2).sum())
+
+  (err_sums, gap_sums), count = theory.mc_sums(k_model, task, num_samples, stats)
+  out = {}
+  out["model_risk_mc"], out["model_risk_mc_stderr"] = _mc(err_sums, count)
+  out["prediction_gap_mse"], out["prediction_gap_mse_stderr"] = _mc(gap_sums, count)
+  if task.is_gaussian:
+    out["optimal_risk"], out["optimal_risk_stderr"] = theory.optimal_risk(task), jnp.zeros(())
+  else:
+    out["optimal_risk"], out["optimal_risk_stderr"] = theory.gamma_risk_mc(gamma_star, task, k_risk, num_samples)
+  if lsa.num_layers(params) == 1:
+    gamma = lsa.effective_gamma(params)
+    norm = jnp.linalg.norm
+    out["effective_gamma"] = gamma
+    out["gamma_rel_error"] = norm(gamma - gamma_star) / norm(gamma_star)
+    out["gamma_cosine"] = jnp.vdot(gamma, gamma_star) / (norm(gamma) * norm(gamma_star))
+    if task.is_gaussian:
+      out["learned_risk"], out["learned_risk_stderr"] = theory.gamma_risk(gamma, task), jnp.zeros(())
+    else:  # same prompts as optimal_risk: the excess is a paired difference
+      out["learned_risk"], out["learned_risk_stderr"] = theory.gamma_risk_mc(gamma, task, k_risk, num_samples)
+    out["excess_risk"] = out["learned_risk"] - out["optimal_risk"]
+    out.update(lsa.vanishing_parts(params))
+  else:
+    out["excess_risk"] = out["model_risk_mc"] - out["optimal_risk"]
+  return out
+
+
+_ONE_LAYER_ONLY = ("effective_gamma", "gamma_rel_error", "gamma_cosine", "learned_risk", "learned_risk_stderr",
+                   "p_x_norm", "q21_norm", "p_x_rel", "q21_rel")
+
+
+def _to_python(out: dict[str, jax.Array]) -> dict[str, Any]:
+  py = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in out.items()}
+  return {**{k: None for k in _ONE_LAYER_ONLY}, **py}
 
 
 def compare(params: Any, task: RegressionTask, key: jax.Array | None = None,
@@ -56,42 +95,16 @@ def compare(params: Any, task: RegressionTask, key: jax.Array | None = None,
   learned_risk (R(Gamma_eff), exact for linear responses), model_risk_mc and
   model_risk_mc_stderr (the network itself on `num_samples` fresh prompts),
   optimal_risk, excess_risk, prediction_gap_mse (E[(network - Gamma* predictor)^2]),
-  p_x_norm, q21_norm, p_x_rel, q21_rel. Gamma fields are None for a deeper LSA.
-  `gamma_star` defaults to `reference_gamma(task)`.
+  p_x_norm, q21_norm, p_x_rel, q21_rel, effective_gamma. Gamma fields are None
+  for a deeper LSA. `gamma_star` defaults to `reference_gamma(task)`.
   """
   key = jax.random.PRNGKey(0) if key is None else key
-  k_model, k_gamma, k_risk = jax.random.split(key, 3)
   params = params.get("params", params)
   if gamma_star is None:
-    gamma_star = reference_gamma(task, k_gamma)
+    gamma_star = reference_gamma(task, jax.random.split(key, 3)[1])
   gamma_star = jnp.asarray(gamma_star, jnp.float32)
-  (e, e2, g, g2), count = _model_stats(params, gamma_star, task, k_model, num_samples)
-  model_risk, model_risk_se = _mean_stderr(e, e2, count)
-  gap, gap_se = _mean_stderr(g, g2, count)
-  out: dict[str, Any] = {"model_risk_mc": model_risk, "model_risk_mc_stderr": model_risk_se,
-                         "prediction_gap_mse": gap, "prediction_gap_mse_stderr": gap_se}
-
-  if task.is_gaussian:
-    optimal, optimal_se = float(theory.optimal_risk(task)), 0.0
-  else:
-    optimal, optimal_se = map(float, theory.gamma_risk_mc(gamma_star, task, k_risk, num_samples))
-  out.update(optimal_risk=optimal, optimal_risk_stderr=optimal_se)
-
-  if lsa.num_layers(params) == 1:
-    gamma = lsa.effective_gamma(params)
-    diff = jnp.linalg.norm(gamma - gamma_star) / jnp.linalg.norm(gamma_star)
-    cosine = jnp.vdot(gamma, gamma_star) / (jnp.linalg.norm(gamma) * jnp.linalg.norm(gamma_star))
-    if task.is_gaussian:
-      learned, learned_se = float(theory.gamma_risk(gamma, task)), 0.0
-    else:  # same prompts as optimal_risk: the excess is a paired difference
-      learned, learned_se = map(float, theory.gamma_risk_mc(gamma, task, k_risk, num_samples))
-    out.update(gamma_rel_error=float(diff), gamma_cosine=float(cosine), learned_risk=learned,
-               learned_risk_stderr=learned_se, excess_risk=learned - optimal,
-               **{k: float(v) for k, v in lsa.vanishing_parts(params).items()})
-  else:
-    out.update(gamma_rel_error=None, gamma_cosine=None, learned_risk=None, learned_risk_stderr=None,
-               excess_risk=model_risk - optimal, p_x_norm=None, q21_norm=None, p_x_rel=None, q21_rel=None)
-  return out
+  out = jax.jit(_compare_arrays, static_argnames="num_samples")(params, task, gamma_star, key, num_samples)
+  return _to_python(out)
 
 
 def _ridge_predict(task: RegressionTask, prompts: Prompts) -> jax.Array:
@@ -106,6 +119,28 @@ def _gd_predict(lr: jax.Array, prompts: Prompts) -> jax.Array:
   return baselines.one_step_gd(prompts, lr)
 
 
+def _baseline_arrays(task: RegressionTask, gamma_star: jax.Array, key: jax.Array, num_samples: int,
+                     gamma_mc_samples: int) -> dict[str, jax.Array]:
+  """baseline_risks() as a pure function of arrays: it jits, and vmaps over runs."""
+  k_eta, _, k_risk = jax.random.split(key, 3)
+  mc = lambda predict: theory.prediction_risk_mc(k_risk, task, num_samples, predict)
+  out = {}
+  if task.is_gaussian:
+    eta = theory.optimal_gd_lr(task)
+    out["one_step_gd_risk"], out["one_step_gd_risk_stderr"] = theory.gamma_risk(eta * jnp.eye(task.d), task), 0.0
+    out["preconditioned_gd_risk"], out["preconditioned_gd_risk_stderr"] = theory.optimal_risk(task), 0.0
+    out["ridge_risk"], out["ridge_risk_stderr"] = theory.bayes_risk(task, k_risk, num_samples)
+  else:
+    eta = theory.optimal_gd_lr_mc(task, k_eta, gamma_mc_samples).value
+    out["one_step_gd_risk"], out["one_step_gd_risk_stderr"] = mc(jax.tree_util.Partial(_gd_predict, eta))
+    out["preconditioned_gd_risk"], out["preconditioned_gd_risk_stderr"] = mc(
+        jax.tree_util.Partial(theory.gamma_predict, gamma_star))
+    out["ridge_risk"], out["ridge_risk_stderr"] = mc(jax.tree_util.Partial(_ridge_predict, task))
+  out["one_step_gd_lr"] = eta
+  out["ols_risk"], out["ols_risk_stderr"] = mc(jax.tree_util.Partial(_ols_predict))
+  return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+
+
 def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_samples: int = DEFAULT_EVAL_SAMPLES,
                    gamma_star: np.ndarray | None = None,
                    gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> dict[str, float]:
@@ -116,21 +151,32 @@ def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_sampl
   other responses eta_f and Gamma* are estimated from `gamma_mc_samples` prompts.
   """
   key = jax.random.PRNGKey(0) if key is None else key
-  k_eta, k_gamma, k_risk = jax.random.split(key, 3)
-  mc = lambda predict: tuple(map(float, theory.prediction_risk_mc(k_risk, task, num_samples, predict)))
-  out: dict[str, float] = {}
-  if task.is_gaussian:
-    eta = float(theory.optimal_gd_lr(task))
-    out["one_step_gd_risk"], out["one_step_gd_risk_stderr"] = float(theory.gamma_risk(eta * jnp.eye(task.d), task)), 0.0
-    out["preconditioned_gd_risk"], out["preconditioned_gd_risk_stderr"] = float(theory.optimal_risk(task)), 0.0
-    out["ridge_risk"], out["ridge_risk_stderr"] = map(float, theory.bayes_risk(task, k_risk, num_samples))
-  else:
-    eta = float(theory.optimal_gd_lr_mc(task, k_eta, gamma_mc_samples).value)
-    gamma_star = reference_gamma(task, k_gamma, gamma_mc_samples) if gamma_star is None else gamma_star
-    out["one_step_gd_risk"], out["one_step_gd_risk_stderr"] = mc(jax.tree_util.Partial(_gd_predict, eta))
-    out["preconditioned_gd_risk"], out["preconditioned_gd_risk_stderr"] = mc(
-        jax.tree_util.Partial(theory.gamma_predict, jnp.asarray(gamma_star, jnp.float32)))
-    out["ridge_risk"], out["ridge_risk_stderr"] = mc(jax.tree_util.Partial(_ridge_predict, task))
-  out["one_step_gd_lr"] = eta
-  out["ols_risk"], out["ols_risk_stderr"] = mc(jax.tree_util.Partial(_ols_predict))
-  return out
+  if gamma_star is None:
+    gamma_star = reference_gamma(task, jax.random.split(key, 3)[1], gamma_mc_samples)
+  out = jax.jit(_baseline_arrays, static_argnames=("num_samples", "gamma_mc_samples"))(
+      task, jnp.asarray(gamma_star, jnp.float32), key, num_samples, gamma_mc_samples)
+  return {k: float(v) for k, v in out.items()}
+
+
+def _evaluate_run(params, task: RegressionTask, key: jax.Array, num_samples: int, gamma_mc_samples: int):
+  gamma_star = _reference_gamma(task, jax.random.split(key, 3)[1], gamma_mc_samples)
+  return {"optimal_gamma": gamma_star, **_compare_arrays(params, task, gamma_star, key, num_samples),
+          **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples)}
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples", "gamma_mc_samples"))
+def _evaluate_group(params, tasks, keys, num_samples: int, gamma_mc_samples: int):
+  run = lambda p, t, k: _evaluate_run(p, t, k, num_samples, gamma_mc_samples)
+  return jax.vmap(run)(params, tasks, keys)
+
+
+def evaluate_group(params: Any, tasks: RegressionTask, keys: jax.Array, num_samples: int = DEFAULT_EVAL_SAMPLES,
+                   gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> list[dict[str, Any]]:
+  """Gamma*, compare() and baseline_risks() for R runs in one vmapped program; one dict per run.
+
+  `params`, `tasks` and `keys` have a leading run axis. Each run's numbers are
+  those of compare(params_r, task_r, keys[r]) and baseline_risks(task_r, keys[r]).
+  """
+  out = jax.device_get(_evaluate_group(params, tasks, keys, num_samples, gamma_mc_samples))
+  num_runs = len(keys)
+  return [_to_python({k: v[r] for k, v in out.items()}) for r in range(num_runs)]

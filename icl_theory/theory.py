@@ -161,7 +161,8 @@ def bayes_risk(task: RegressionTask, key: jax.Array, num_samples: int) -> Estima
 
   def stats(prompts):
     covs = jax.vmap(bayes_posterior, in_axes=(0, 0, None, None))(prompts.x, prompts.y, task.cov_w, noise_var)[1]
-    r_B = noise_var + jnp.einsum("de,bed->b", task.cov_x, covs)
+    # tr(Sx Cov) >= 0 for a PSD posterior covariance; clip the float round-off below 0.
+    r_B = noise_var + jnp.maximum(jnp.einsum("de,bed->b", task.cov_x, covs), 0.0)
     return r_B.sum(), (r_B**2).sum()
 
   (s, s2), count = mc_sums(key, task, num_samples, stats)

@@ -76,6 +76,11 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> t
   return trainer.Objective(init=init, loss=loss, batch_size=batch_size)
 
 
+def eval_key(seed: int) -> jax.Array:
+  """The key of a run's evaluation: a function of its seed alone, so a sweep's row equals the single run."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_003)
+
+
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
   path = os.path.join(workdir, "config.json")
   if overwrite:
@@ -114,24 +119,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                                                   config.warmup_steps, config.schedule)
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.log_every,
                                   checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints)
-  eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1_000_003)
-  gamma_star = analysis.reference_gamma(task, eval_key, config.gamma_mc_samples)
   reference = float(theory.optimal_risk(task)) if task.is_gaussian else None
   logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
                task.d, task.n, workdir)
   result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task,
                        workdir, reference_loss=reference)
-
   params = result.state.params
-  comparison = analysis.compare(params, task, eval_key, config.eval_samples, gamma_star=gamma_star)
+  stack = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+  evaluation, = analysis.evaluate_group(stack(params), stack(task), eval_key(config.seed)[None],
+                                        config.eval_samples, config.gamma_mc_samples)
   summary: dict[str, Any] = {
       "config": config.to_dict(),
       "cov_x": task.cov_x, "cov_w": task.cov_w,
-      "effective_gamma": lsa.effective_gamma(params) if config.num_layers == 1 else None,
-      "optimal_gamma": gamma_star,
-      **comparison,
-      **analysis.baseline_risks(task, eval_key, config.eval_samples, gamma_star=gamma_star,
-                                gamma_mc_samples=config.gamma_mc_samples),
+      **evaluation,
       "final_train_loss": result.history[-1]["loss"] if result.history else None,
       "steps": int(result.state.step),
       "resumed_from_step": result.resumed_from,
