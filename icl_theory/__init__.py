@@ -10,5 +10,6 @@ from icl_theory import baselines, theory
 from icl_theory.analysis import baseline_risks, compare
 from icl_theory.experiments import train
 from icl_theory.models.lsa import LSA, effective_gamma, vanishing_parts
+from icl_theory.grid import sweep
 from icl_theory.tasks import Prompts, RegressionTask, sample_prompts
 from icl_theory.validation import ConfigError

@@ -9,13 +9,13 @@ is Monte Carlo, with standard errors, on shared prompts so differences are paire
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory import baselines, theory
+from icl_theory import baselines, sharding, theory
 from icl_theory.models import lsa
 from icl_theory.tasks.regression import Prompts, RegressionTask
 
@@ -164,19 +164,17 @@ def _evaluate_run(params, task: RegressionTask, key: jax.Array, num_samples: int
           **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples)}
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "gamma_mc_samples"))
-def _evaluate_group(params, tasks, keys, num_samples: int, gamma_mc_samples: int):
-  run = lambda p, t, k: _evaluate_run(p, t, k, num_samples, gamma_mc_samples)
-  return jax.vmap(run)(params, tasks, keys)
-
-
 def evaluate_group(params: Any, tasks: RegressionTask, keys: jax.Array, num_samples: int = DEFAULT_EVAL_SAMPLES,
-                   gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> list[dict[str, Any]]:
-  """Gamma*, compare() and baseline_risks() for R runs in one vmapped program; one dict per run.
+                   gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES,
+                   devices: Sequence[jax.Device] | None = None) -> list[dict[str, Any]]:
+  """Gamma*, compare() and baseline_risks() for R runs in one program, sharded over `devices`.
 
-  `params`, `tasks` and `keys` have a leading run axis. Each run's numbers are
-  those of compare(params_r, task_r, keys[r]) and baseline_risks(task_r, keys[r]).
+  `params`, `tasks` and `keys` have a leading run axis of R. Returns one dict per
+  run, with the numbers of compare(params_r, task_r, keys[r]) and
+  baseline_risks(task_r, keys[r]).
   """
-  out = jax.device_get(_evaluate_group(params, tasks, keys, num_samples, gamma_mc_samples))
   num_runs = len(keys)
+  (params, tasks, keys), shards = sharding.shard_runs(jax.device_get((params, tasks, keys)), devices)
+  run = lambda p, t, k: _evaluate_run(p, t, k, num_samples, gamma_mc_samples)
+  out = jax.device_get(jax.jit(sharding.per_run(run, shards))(params, tasks, keys))
   return [_to_python({k: v[r] for k, v in out.items()}) for r in range(num_runs)]

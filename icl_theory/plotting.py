@@ -57,3 +57,114 @@ def plot_lsa_run(summary: dict[str, Any], history: Sequence[dict], path: str) ->
   ax.set_title("loss against the optimal risk")
   ax.legend(fontsize=8)
   _save(fig, path)
+
+
+_BASELINES = (("optimal_risk", "$R^*$ (preconditioned GD, $\\Gamma^*$)", "k", "--"),
+              ("one_step_gd_risk", "one-step GD, best $\\eta$", "C2", ":"),
+              ("ridge_risk", "ridge / Bayes", "C3", "-."),
+              ("ols_risk", "OLS", "C4", (0, (1, 3))))
+
+
+def _setting(row: dict) -> str:
+  """The grid coordinates other than n and seed, as a panel title."""
+  parts = [f"cov_x={row['cov_x']}"]
+  if row["cov_w"] != "identity":
+    parts.append(f"cov_w={row['cov_w']}")
+  if float(row["noise_std"]):
+    parts.append(f"sigma={row['noise_std']}")
+  if row["response"] != "linear":
+    parts.append(row["response"])
+  return ", ".join(parts)
+
+
+def _by_setting(rows: Sequence[dict]) -> dict[str, list[dict]]:
+  settings: dict[str, list[dict]] = {}
+  for row in rows:
+    if row["status"] == "finished":
+      settings.setdefault(_setting(row), []).append(row)
+  return settings
+
+
+def _seed_stats(rows: Sequence[dict], key: str):
+  """n values, and the mean, min and max over seeds of rows[key] at each n."""
+  ns = sorted({int(r["n"]) for r in rows})
+  values = [[float(r[key]) for r in rows if int(r["n"]) == n and r.get(key) is not None] for n in ns]
+  keep = [i for i, v in enumerate(values) if v]
+  ns = np.array(ns)[keep]
+  values = [values[i] for i in keep]
+  return ns, np.array([np.mean(v) for v in values]), np.array([min(v) for v in values]), np.array([max(v) for v in values])
+
+
+def plot_sweep(rows: Sequence[dict], directory: str) -> None:
+  """risk_vs_n.png, gamma_spectrum.png and gamma_rel_error.png for the rows of a sweep."""
+  settings = _by_setting(rows)
+  if not settings:
+    return
+  names = list(settings)
+  cols = min(len(names), 4)
+  grid = (-(-len(names) // cols), cols)
+
+  # Risk against n, one panel per setting: the trained layer (seed band) and every baseline.
+  fig, axes = plt.subplots(*grid, figsize=(4.2 * cols, 3.4 * grid[0]), layout="constrained", squeeze=False)
+  for ax, name in zip(axes.flat, names):
+    ns, mean, low, high = _seed_stats(settings[name], "model_risk_mc")
+    ax.plot(ns, mean, "o-", color="C0", label="trained LSA (Monte Carlo)")
+    ax.fill_between(ns, low, high, color="C0", alpha=0.25, label="min-max over seeds")
+    for key, label, color, style in _BASELINES:
+      ns_b, mean_b, _, _ = _seed_stats(settings[name], key)
+      ax.plot(ns_b, mean_b, color=color, ls=style, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    # Noiseless data put ridge and OLS at ~0 risk once n >= d: keep the axis on the LSA.
+    ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.05 * low.min()))
+    ax.set_xlabel("prompt length n")
+    ax.set_ylabel("risk")
+    ax.set_title(name, fontsize=9)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=7)
+  _save(fig, f"{directory}/risk_vs_n.png")
+
+  # Singular values of Gamma_eff (points, each seed) against those of Gamma* (lines), per setting.
+  fig, axes = plt.subplots(*grid, figsize=(4.2 * cols, 3.4 * grid[0]), layout="constrained", squeeze=False)
+  for ax, name in zip(axes.flat, names):
+    ns = sorted({int(r["n"]) for r in settings[name]})
+    for color, n in zip(plt.cm.viridis(np.linspace(0, 0.9, len(ns))), ns):
+      at_n = [r for r in settings[name] if int(r["n"]) == n]
+      star = np.linalg.svd(np.asarray(at_n[0]["optimal_gamma"]), compute_uv=False)
+      ax.plot(range(1, star.size + 1), star, "-", color=color, label=f"n={n}")
+      for r in at_n:
+        if r.get("effective_gamma") is not None:
+          learned = np.linalg.svd(np.asarray(r["effective_gamma"]), compute_uv=False)
+          ax.plot(range(1, learned.size + 1), learned, "o", color=color, ms=4, mfc="none")
+    ax.set_yscale("log")
+    ax.set_xlabel("index")
+    ax.set_ylabel("singular value")
+    ax.set_title(f"{name}\nlines $\\Gamma^*$, circles $\\Gamma_{{eff}}$", fontsize=9)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=7)
+  _save(fig, f"{directory}/gamma_spectrum.png")
+
+  # gamma_rel_error over the (n, setting) grid, mean over seeds.
+  ns = sorted({int(r["n"]) for rows_ in settings.values() for r in rows_})
+  table = np.full((len(names), len(ns)), np.nan)
+  for i, name in enumerate(names):
+    for j, n in enumerate(ns):
+      errors = [float(r["gamma_rel_error"]) for r in settings[name]
+                if int(r["n"]) == n and r.get("gamma_rel_error") is not None]
+      if errors:
+        table[i, j] = np.mean(errors)
+  fig, ax = plt.subplots(figsize=(1.2 * len(ns) + 3.5, 0.6 * len(names) + 1.6), layout="constrained")
+  image = ax.imshow(table, cmap="viridis", aspect="auto")
+  ax.set_xticks(range(len(ns)), [str(n) for n in ns])
+  ax.set_yticks(range(len(names)), names, fontsize=8)
+  ax.set_xlabel("prompt length n")
+  for (i, j), value in np.ndenumerate(table):
+    if np.isfinite(value):
+      ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="w" if value < np.nanmax(table) / 2 else "k",
+              fontsize=8)
+  fig.colorbar(image, ax=ax, label="gamma_rel_error (mean over seeds)")
+  _save(fig, f"{directory}/gamma_rel_error.png")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -27,9 +28,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from icl_theory import files
+from icl_theory import files, sharding
 
 Params = Any
 
@@ -117,11 +117,6 @@ def train_chunk(state: TrainState, rng: jax.Array, task: Any, objective: Objecti
   return jax.lax.scan(step, state, length=num_steps)
 
 
-def train_group_chunk(states: TrainState, rngs: jax.Array, tasks: Any, objective: Objective,
-                      optimizer: optax.GradientTransformation, num_steps: int) -> tuple[TrainState, jax.Array]:
-  """`train_chunk` vmapped over a leading run axis; losses are (runs, num_steps)."""
-  chunk = lambda state, rng, task: train_chunk(state, rng, task, objective, optimizer, num_steps)
-  return jax.vmap(chunk)(states, rngs, tasks)
 
 
 def _chunk_ends(start: int, settings: LoopSettings) -> list[int]:
@@ -151,17 +146,9 @@ def _quiet():
     logging.set_verbosity(verbosity)
 
 
-def _format_eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
   seconds = int(round(seconds))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _pad_runs(tree: Any, total: int) -> Any:
-  """Repeats the last run until the run axis has `total` entries (for an even split over devices)."""
-  def pad(x):
-    extra = total - x.shape[0]
-    return x if extra == 0 else np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
-  return jax.tree.map(pad, tree)
 
 
 def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
@@ -177,15 +164,11 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   before the diverged state could be checkpointed.
   """
   num_runs = len(seeds)
-  devices = list(devices or jax.devices())
-  padded = -(-num_runs // len(devices)) * len(devices)
-  sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
-  host_tasks = _pad_runs(jax.tree.map(np.asarray, tasks), padded)
-  keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in _pad_runs(np.asarray(seeds), padded)])
-  init_keys, rngs = jax.device_put((keys[:, 0], keys[:, 1]), sharding)
-  tasks = jax.device_put(host_tasks, sharding)
-  states = jax.jit(jax.vmap(lambda k: init_state(objective, optimizer, k)), out_shardings=sharding)(init_keys)
-  initial = jax.jit(jax.vmap(lambda s, r, t: objective.loss(s.params, jax.random.fold_in(r, 0), t)))(states, rngs, tasks)
+  keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in seeds])
+  (init_keys, rngs, tasks), shards = sharding.shard_runs((keys[:, 0], keys[:, 1], tasks), devices)
+  states = jax.jit(sharding.per_run(lambda k: init_state(objective, optimizer, k), shards))(init_keys)
+  first_loss = lambda state, rng, task: objective.loss(state.params, jax.random.fold_in(rng, 0), task)
+  initial = jax.jit(sharding.per_run(first_loss, shards))(states, rngs, tasks)
   loss_limit = DIVERGENCE_FACTOR * np.maximum(np.abs(np.asarray(initial)[:num_runs]), 1.0)
   diverged_at = np.zeros(num_runs, np.int64)
   history: list[dict] = []
@@ -204,7 +187,6 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
     logging.info("Resumed from the checkpoint at step %d in %s", resumed_from, workdir)
 
-  run = jax.jit(train_group_chunk, static_argnames=("objective", "optimizer", "num_steps"), donate_argnums=0)
   compiled: dict[int, Any] = {}
   compile_seconds = 0.0
 
@@ -212,7 +194,9 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     nonlocal compile_seconds
     if num_steps not in compiled:
       t0 = time.perf_counter()
-      compiled[num_steps] = run.lower(states, rngs, tasks, objective, optimizer, num_steps).compile()
+      chunk = functools.partial(train_chunk, objective=objective, optimizer=optimizer, num_steps=num_steps)
+      run = jax.jit(sharding.per_run(chunk, shards), donate_argnums=0)
+      compiled[num_steps] = run.lower(states, rngs, tasks).compile()
       compile_seconds += time.perf_counter() - t0
     return compiled[num_steps]
 
@@ -255,7 +239,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     runs = "" if num_runs == 1 else f" (mean of {alive.size} runs)"
     eta = (settings.steps - step) / max(steps_per_s, 1e-9)
     logging.info("step %d/%d | loss %.4f%s%s | %.0f steps/s, %.3g prompts/s | ETA %s", step, settings.steps,
-                 loss, runs, ref, steps_per_s, steps_per_s * objective.batch_size * num_runs, _format_eta(eta))
+                 loss, runs, ref, steps_per_s, steps_per_s * objective.batch_size * num_runs, format_eta(eta))
 
   chunk_start = start
   for end in ends:

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The model.
   config.num_layers = 1          # LSA layers; the theorems are about one
-  config.init_scale = 0.02       # std of the N(0, .) initialisation of W_PV and W_KQ
+  config.init_scale = 0.002      # std of the N(0, .) init of W_PV, W_KQ; small: see README (rank-one minima)
 
   # Optimisation.
   config.optimizer = "adam"      # adam | sgd (momentum 0.9)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 class LinearSelfAttention(nn.Module):
   """One LSA layer with a residual connection; keys/values are the masked tokens."""
-  init_scale: float = 0.02
+  init_scale: float = 0.002
 
   @nn.compact
   def __call__(self, h_BxTxD: jax.Array, mask_T: jax.Array, n: int) -> jax.Array:
@@ -39,7 +39,7 @@ class LinearSelfAttention(nn.Module):
 class LSA(nn.Module):
   """`num_layers` LSA layers on the prompt's tokens; returns the query's prediction (B,)."""
   num_layers: int = 1
-  init_scale: float = 0.02
+  init_scale: float = 0.002
 
   @nn.compact
   def __call__(self, x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:

@@ -1,0 +1,197 @@
+r"""Grids of LSA runs: one compiled, vmapped, sharded program per shape; resumable.
+
+The library behind `icl_theory.sweep(config, workdir)` and the command line
+`python -m icl_theory.sweep` (icl_theory/sweep.py). `sweep(config, workdir)` expands the grid (n x cov_x x cov_w x noise_std x
+response x seed), groups the runs that share array shapes and code (same n and
+response), and trains each group as one `trainer.fit_group` program whose run
+axis is sharded over every visible device. Each finished group is written
+atomically to groups/<group>/rows.json; a rerun skips finished groups and resumes
+an unfinished one from its checkpoint. When all groups are done, results.csv and
+the figures are (re)written from those files, so a killed and resumed sweep ends
+with the same table.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import math
+import os
+import shutil
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from icl_theory import analysis, files, plotting, trainer
+from icl_theory.experiments import lsa_regression
+from icl_theory.tasks.regression import RegressionTask
+from icl_theory.validation import ConfigError, check_int
+
+GRID_FIELDS = ("n_values", "cov_x_values", "cov_w_values", "noise_std_values", "response_values")
+COORDINATES = ("n", "cov_x", "cov_w", "noise_std", "response", "seed")
+METRICS = ("gamma_rel_error", "gamma_cosine", "learned_risk", "model_risk_mc", "model_risk_mc_stderr",
+           "optimal_risk", "excess_risk", "prediction_gap_mse", "p_x_norm", "q21_norm",
+           "one_step_gd_lr", "one_step_gd_risk", "preconditioned_gd_risk", "ridge_risk", "ridge_risk_stderr",
+           "ols_risk", "ols_risk_stderr", "final_train_loss", "steps", "status")
+_BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridRun:
+  """One point of the grid."""
+  n: int
+  cov_x: str
+  cov_w: str
+  noise_std: float
+  response: str
+  seed: int
+
+  @property
+  def group(self) -> str:
+    """Runs with the same group share a compiled program."""
+    return f"n{self.n}-{self.response}"
+
+  def config(self, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The single-run config this grid point stands for."""
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.update(n=self.n, cov_x=self.cov_x, cov_w=self.cov_w, noise_std=self.noise_std,
+                  response=self.response, seed=self.seed)
+    return config
+
+
+def _values(config: ml_collections.ConfigDict, field: str) -> tuple:
+  values = config[field]
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+    raise ConfigError(f"{field}={values!r} is not allowed: a non-empty tuple, e.g. --config.{field}=\"(4,16)\"")
+  return tuple(values)
+
+
+def expand_grid(config: ml_collections.ConfigDict) -> list[GridRun]:
+  """Every combination of the grid, in a fixed order (the row order of results.csv)."""
+  num_seeds = check_int("num_seeds", config.num_seeds, 1)
+  values = [_values(config, field) for field in GRID_FIELDS]
+  seeds = [config.base.seed + i for i in range(num_seeds)]
+  return [GridRun(n, cov_x, cov_w, noise, response, seed)
+          for n, cov_x, cov_w, noise, response in itertools.product(*values) for seed in seeds]
+
+
+def validate_sweep_config(config: ml_collections.ConfigDict) -> list[GridRun]:
+  """Checks the base config and every grid point before anything is compiled; returns the grid."""
+  runs = expand_grid(config)
+  for run in runs:
+    try:
+      lsa_regression.validate_config(run.config(config.base))
+    except ConfigError as error:
+      field = str(error).split("=")[0].split(" ")[0]
+      grid_field = f"{field}_values" if f"{field}_values" in GRID_FIELDS else f"base.{field}"
+      raise ConfigError(f"{grid_field}: {error}") from None
+  if len({(r.n, r.cov_x, r.cov_w, r.noise_std, r.response) for r in runs}) * config.num_seeds != len(runs):
+    raise ConfigError("the grid repeats a value: every *_values field must hold distinct values")
+  return runs
+
+
+def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_dir: str) -> list[dict[str, Any]]:
+  """Trains and evaluates one group of same-shape runs; returns one row per run."""
+  base = config.base
+  tasks = [lsa_regression.build_task(run.config(base)) for run in runs]
+  stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *tasks)
+  run_config = runs[0].config(base)
+  optimizer, lr_schedule = trainer.make_optimizer(base.optimizer, base.learning_rate, base.steps,
+                                                  base.warmup_steps, base.schedule)
+  settings = trainer.LoopSettings(steps=base.steps, log_every=base.log_every,
+                                  checkpoint_every=base.checkpoint_every, keep_checkpoints=base.keep_checkpoints)
+  result = trainer.fit_group(lsa_regression.make_objective(tasks[0], run_config), optimizer, lr_schedule, settings,
+                             [run.seed for run in runs], stacked, workdir=group_dir)
+  keys = np.stack([np.asarray(lsa_regression.eval_key(run.seed)) for run in runs])
+  # Evaluation runs on one device: on forced host devices, linear algebra inside the Monte Carlo
+  # scan (SVD, eigh) deadlocks the JAX CPU runtime when several devices run it at once.
+  evaluations = analysis.evaluate_group(result.state.params, stacked, keys, base.eval_samples, base.gamma_mc_samples,
+                                        devices=jax.devices()[:1])
+  rows = []
+  final_loss = result.history[-1]["loss"] if result.history else [math.nan] * len(runs)
+  for r, run in enumerate(runs):
+    diverged = bool(result.diverged_at[r])
+    metrics = {k: (None if diverged else evaluations[r].get(k)) for k in METRICS}
+    metrics.update(final_train_loss=None if diverged else final_loss[r], steps=base.steps,
+                   status=f"diverged at step {result.diverged_at[r]}" if diverged else "finished")
+    rows.append({**dataclasses.asdict(run), **metrics,
+                 "effective_gamma": None if diverged else evaluations[r]["effective_gamma"],
+                 "optimal_gamma": evaluations[r]["optimal_gamma"]})
+  return rows
+
+
+def _check_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
+  path = os.path.join(workdir, "sweep_config.json")
+  if overwrite:
+    for name in ("sweep_config.json", "groups", "results.csv", "figures"):
+      target = os.path.join(workdir, name)
+      if os.path.isdir(target):
+        shutil.rmtree(target)
+      elif os.path.exists(target):
+        os.remove(target)
+  wanted = files.to_builtin(config.to_dict())
+  for field in _BOOKKEEPING:
+    wanted["base"].pop(field, None)
+  if os.path.exists(path) and files.read_json(path) != wanted:
+    raise ConfigError(f"workdir={workdir!r} holds a sweep of a different config: use a new --workdir "
+                      "or pass --overwrite")
+  files.write_json(path, wanted)
+
+
+def write_results_csv(rows: list[dict[str, Any]], path: str) -> None:
+  """One row per run: the grid coordinates, then the metrics (7 significant digits)."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(COORDINATES + METRICS)
+  fmt = lambda v: "" if v is None else (f"{v:.7g}" if isinstance(v, float) else v)
+  for row in rows:
+    writer.writerow([fmt(row[k]) for k in COORDINATES + METRICS])
+  files.atomic_write_text(path, buffer.getvalue())
+
+
+def read_results_csv(path: str) -> list[dict[str, str]]:
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> list[dict[str, Any]]:
+  """Trains every run of the grid (skipping finished groups) and writes results.csv and figures.
+
+  Returns the rows of results.csv, with each run's Gamma_eff and Gamma* added.
+  """
+  runs = validate_sweep_config(config)
+  _check_workdir(workdir, config, overwrite)
+  groups: dict[str, list[GridRun]] = {}
+  for run in runs:
+    groups.setdefault(run.group, []).append(run)
+  rows_by_id: dict[GridRun, dict] = {}
+  done, t_start, trained = 0, time.perf_counter(), 0
+  logging.info("Sweep of %d runs in %d groups (%d device(s)) into %s", len(runs), len(groups),
+               jax.device_count(), workdir)
+  for name, group in groups.items():
+    group_dir = os.path.join(workdir, "groups", name)
+    rows_path = os.path.join(group_dir, "rows.json")
+    if os.path.exists(rows_path):
+      rows = files.read_json(rows_path)
+    else:
+      rows = _train_group(config, group, group_dir)
+      files.write_json(rows_path, rows)
+      trained += len(group)
+    for run, row in zip(group, rows):
+      rows_by_id[run] = row
+    done += len(group)
+    elapsed = time.perf_counter() - t_start
+    eta = elapsed / trained * (len(runs) - done) if trained else math.nan
+    logging.info("sweep: %d/%d runs done (group %s) | %.0f s | ETA %s", done, len(runs), name, elapsed,
+                 "-" if math.isnan(eta) else trainer.format_eta(eta))
+  rows = [rows_by_id[run] for run in runs]
+  write_results_csv(rows, os.path.join(workdir, "results.csv"))
+  plotting.plot_sweep(rows, os.path.join(workdir, "figures"))
+  return rows

@@ -1,0 +1,149 @@
+"""Sweeps: the grid, one program per shape, 1 vs 4 devices, kill and resume, diverged runs."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import icl_theory
+from icl_theory import grid
+from icl_theory.configs import sweep as sweep_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The issue's 8-run grid, with a short training budget.
+GRID_FLAGS = ["--config.n_values=(4,16)", "--config.cov_x_values=('identity','geometric:10')",
+              "--config.num_seeds=2", "--config.base.d=3", "--config.base.steps=400", "--config.base.warmup_steps=20",
+              "--config.base.log_every=100", "--config.base.checkpoint_every=100", "--config.base.eval_samples=4000",
+              "--config.base.batch_size=256"]
+
+
+def _config(**changes):
+  config = sweep_config.get_config()
+  config.update(n_values=(4, 16), cov_x_values=("identity", "geometric:10"), num_seeds=2)
+  config.base.update(d=3, steps=400, warmup_steps=20, log_every=100, checkpoint_every=100, eval_samples=4000,
+                     batch_size=256)
+  for key, value in changes.items():
+    target = config.base if key.startswith("base.") else config
+    target[key.removeprefix("base.")] = value
+  return config
+
+
+def _sweep_command(workdir):
+  return [sys.executable, "-m", "icl_theory.sweep", *GRID_FLAGS, f"--workdir={workdir}"]
+
+
+def _csv(path):
+  with open(path) as f:
+    return f.read()
+
+
+def _assert_same_table(path_a, path_b):
+  """Same rows, coordinates and statuses; numbers equal to float32 rounding.
+
+  One run per device and four vmapped runs on one device are vectorised
+  differently by XLA, so the last float32 bits may differ (seen: ~1e-6 relative).
+  """
+  a, b = list(csv.DictReader(open(path_a))), list(csv.DictReader(open(path_b)))
+  assert len(a) == len(b)
+  for row_a, row_b in zip(a, b):
+    for key in grid.COORDINATES + ("status", "steps"):
+      assert row_a[key] == row_b[key], key
+    for key in grid.METRICS:
+      if key not in ("status", "steps"):
+        # atol: differences of O(1) risks (excess_risk) carry absolute float32 error, 16 ulp of 1.
+        np.testing.assert_allclose(float(row_a[key]), float(row_b[key]), rtol=2e-5, atol=16 * 2**-23, err_msg=key)
+
+
+def test_expand_grid_is_every_combination_in_order():
+  runs = grid.expand_grid(_config())
+  assert len(runs) == 8
+  assert [(r.n, r.cov_x, r.seed) for r in runs[:3]] == [(4, "identity", 0), (4, "identity", 1), (4, "geometric:10", 0)]
+  assert {r.group for r in runs} == {"n4-linear", "n16-linear"}
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("n_values", (4, 0), "n_values: n=0"),
+    ("cov_x_values", ("identity", "geometric:0.1"), "cov_x_values: cov_x='geometric:0.1'"),
+    ("response_values", ("relu", "sin"), "response_values: response='sin'"),
+    ("n_values", (), "n_values=() is not allowed"),
+    ("num_seeds", 0, "num_seeds=0"),
+    ("base.learning_rate", -1.0, "base.learning_rate: learning_rate=-1.0"),
+    ("cov_x_values", ("identity", "identity"), "distinct"),
+])
+def test_bad_grid_is_refused_before_training(tmp_path, field, value, named):
+  with pytest.raises(icl_theory.ConfigError, match=named.replace("(", r"\(").replace(")", r"\)")):
+    icl_theory.sweep(_config(**{field: value}), str(tmp_path))
+  assert not os.path.exists(tmp_path / "groups")
+
+
+def test_sweep_table_figures_and_rows_match_single_runs(tmp_path):
+  rows = icl_theory.sweep(_config(), str(tmp_path))
+  table = list(csv.DictReader(open(tmp_path / "results.csv")))
+  assert len(table) == len(rows) == 8
+  for column in ("n", "cov_x", "cov_w", "noise_std", "response", "seed", "gamma_rel_error", "learned_risk",
+                 "model_risk_mc", "optimal_risk", "one_step_gd_risk", "preconditioned_gd_risk", "ridge_risk",
+                 "ols_risk", "final_train_loss", "steps", "status"):
+    assert column in table[0], column
+  assert all(row["status"] == "finished" for row in table)
+  for name in ("risk_vs_n.png", "gamma_spectrum.png", "gamma_rel_error.png"):
+    assert os.path.getsize(tmp_path / "figures" / name) > 10_000
+  # A row of the vmapped group equals the same run trained alone (within float tolerance).
+  run = grid.expand_grid(_config())[3]  # n=4, geometric:10, seed 1
+  alone = icl_theory.train(run.config(_config().base), str(tmp_path / "alone")).summary
+  for key in ("gamma_rel_error", "learned_risk", "model_risk_mc", "ridge_risk", "ols_risk"):
+    np.testing.assert_allclose(rows[3][key], alone[key], rtol=2e-4, err_msg=key)
+  np.testing.assert_allclose(rows[3]["effective_gamma"], alone["effective_gamma"], rtol=2e-4, atol=1e-6)
+
+
+def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  one = subprocess.run(_sweep_command(tmp_path / "one"), cwd=REPO, capture_output=True, text=True)
+  assert one.returncode == 0, one.stderr
+  four = subprocess.run(_sweep_command(tmp_path / "four"), cwd=REPO, capture_output=True, text=True, env=env)
+  assert four.returncode == 0, four.stderr
+  assert "(4 device(s))" in four.stderr
+  _assert_same_table(tmp_path / "four" / "results.csv", tmp_path / "one" / "results.csv")
+
+  # Killed (SIGKILL) in the middle of the second group, after one of its checkpoints; then resumed.
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_sweep_command(killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  mark = killed / "groups" / "n16-linear" / "checkpoints" / "200"
+  deadline = time.time() + 240
+  while not mark.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "the sweep ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "results.csv").exists()
+  resumed = subprocess.run(_sweep_command(killed), cwd=REPO, capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "Resumed from the checkpoint at step" in resumed.stderr
+  assert _csv(killed / "results.csv") == _csv(tmp_path / "one" / "results.csv")
+
+
+def test_rerun_skips_finished_groups_and_other_configs_are_refused(tmp_path):
+  config = _config(n_values=(4,), cov_x_values=("identity",), num_seeds=1)
+  first = icl_theory.sweep(config, str(tmp_path))
+  table = _csv(tmp_path / "results.csv")
+  t0 = time.perf_counter()
+  again = icl_theory.sweep(config, str(tmp_path))
+  assert time.perf_counter() - t0 < 20  # no training: the group's rows are read back
+  assert _csv(tmp_path / "results.csv") == table and again[0]["gamma_rel_error"] == first[0]["gamma_rel_error"]
+  with pytest.raises(icl_theory.ConfigError, match="different config.*--overwrite"):
+    icl_theory.sweep(_config(n_values=(5,), cov_x_values=("identity",), num_seeds=1), str(tmp_path))
+
+
+def test_a_diverged_run_is_marked_and_the_others_finish(tmp_path):
+  # Plain SGD at a fixed rate: stable for unit covariates, unstable for covariates 30 times larger.
+  config = _config(n_values=(4,), cov_x_values=("identity", "diag:30,30,30"), num_seeds=1,
+                   **{"base.optimizer": "sgd", "base.learning_rate": 0.01, "base.schedule": "constant"})
+  rows = icl_theory.sweep(config, str(tmp_path))
+  assert rows[0]["status"] == "finished" and rows[0]["gamma_rel_error"] < 0.5
+  assert rows[1]["status"].startswith("diverged at step") and rows[1]["gamma_rel_error"] is None
+  table = list(csv.DictReader(open(tmp_path / "results.csv")))
+  assert table[1]["status"].startswith("diverged") and table[1]["gamma_rel_error"] == ""
