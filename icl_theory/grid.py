@@ -103,8 +103,7 @@ def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_d
   tasks = [lsa_regression.build_task(run.config(base)) for run in runs]
   stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *tasks)
   run_config = runs[0].config(base)
-  optimizer, lr_schedule = trainer.make_optimizer(base.optimizer, base.learning_rate, base.steps,
-                                                  base.warmup_steps, base.schedule)
+  optimizer, lr_schedule = lsa_regression.make_optimizer(base)
   settings = trainer.LoopSettings(steps=base.steps, log_every=base.log_every,
                                   checkpoint_every=base.checkpoint_every, keep_checkpoints=base.keep_checkpoints)
   result = trainer.fit_group(lsa_regression.make_objective(tasks[0], run_config), optimizer, lr_schedule, settings,

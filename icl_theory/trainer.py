@@ -80,9 +80,12 @@ class FitResult:
   diverged_at: np.ndarray | None = None  # fit_group: per run, the first bad step (0: never)
 
 
-def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int,
-                   schedule: str, end_lr_fraction: float = 0.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Optimizer and its learning-rate schedule ('cosine': linear warm-up then cosine decay)."""
+def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int, schedule: str,
+                   end_lr_fraction: float = 0.0, clip_norm: float = 0.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Optimizer and its learning-rate schedule ('cosine': linear warm-up then cosine decay).
+
+  `clip_norm` > 0 clips each step's gradient to that global norm first.
+  """
   if schedule == "cosine":
     lr = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
@@ -92,10 +95,14 @@ def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: in
   else:
     raise ValueError(f"schedule={schedule!r} is not allowed: 'cosine' or 'constant'")
   if name == "adam":
-    return optax.adam(lr), lr
-  if name == "sgd":
-    return optax.sgd(lr, momentum=0.9), lr
-  raise ValueError(f"optimizer={name!r} is not allowed: 'adam' or 'sgd'")
+    optimizer = optax.adam(lr)
+  elif name == "sgd":
+    optimizer = optax.sgd(lr, momentum=0.9)
+  else:
+    raise ValueError(f"optimizer={name!r} is not allowed: 'adam' or 'sgd'")
+  if clip_norm > 0:
+    optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
+  return optimizer, lr
 
 
 def init_state(objective: Objective, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:

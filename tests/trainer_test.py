@@ -18,8 +18,7 @@ def _setup(steps=40, learning_rate=0.01, **fields):
   config = lsa_config.get_config()
   config.update(d=2, n=4, batch_size=64, steps=steps, warmup_steps=5, learning_rate=learning_rate, **fields)
   task = lsa_regression.validate_config(config)
-  optimizer, schedule = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps,
-                                               config.warmup_steps, config.schedule)
+  optimizer, schedule = lsa_regression.make_optimizer(config)
   return lsa_regression.make_objective(task, config), optimizer, schedule, task
 
 

@@ -23,7 +23,8 @@ def _bad_int(minimum):
 
 
 def _bad_float(minimum, strict):
-  below = st.floats(max_value=minimum, exclude_max=not strict, allow_nan=False)
+  # -0.0 == 0.0 is allowed where 0 is, though hypothesis orders it below 0.0: filter by value.
+  below = st.floats(max_value=minimum, allow_nan=False).filter(lambda v: v < minimum or (strict and v == minimum))
   return st.one_of(below, st.just(math.nan), st.just(math.inf), st.just(-math.inf), _not_a_number)
 
 
@@ -49,7 +50,8 @@ INVALID = {
     "eval_samples": _bad_int(2), "gamma_mc_samples": _bad_int(2),
     "seed": _bad_int(0), "warmup_steps": _bad_int(0), "checkpoint_every": _bad_int(0),
     "noise_std": _bad_float(0.0, strict=False), "learning_rate": _bad_float(0.0, strict=True),
-    "init_scale": _bad_float(0.0, strict=True),
+    "init_scale": _bad_float(0.0, strict=True), "vanishing_init_scale": _bad_float(0.0, strict=False),
+    "clip_norm": _bad_float(0.0, strict=False),
     "response": _bad_choice(("linear", "relu", "tanh", "cube", "abs", "mlp")),
     "optimizer": _bad_choice(("adam", "sgd")), "schedule": _bad_choice(("cosine", "constant")),
     "cov_x": _bad_cov_spec, "cov_w": _bad_cov_spec,

@@ -25,11 +25,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The model.
   config.num_layers = 1          # LSA layers; the theorems are about one
-  config.init_scale = 0.002      # std of the N(0, .) init of W_PV, W_KQ; small: see README (rank-one minima)
+  config.init_scale = 0.02       # std of the N(0, .) initialisation of W_PV and W_KQ ...
+  config.vanishing_init_scale = 0.0  # ... but of p_x and q21 (README: rank-one saddles); all entries train
 
   # Optimisation.
-  config.optimizer = "adam"      # adam | sgd (momentum 0.9)
-  config.learning_rate = 0.01    # peak learning rate
+  config.optimizer = "sgd"       # sgd (momentum 0.9) | adam; README: why not adam by default
+  config.learning_rate = 0.05    # peak learning rate
+  config.clip_norm = 1.0         # clip each gradient to this global norm (0: no clipping)
   config.schedule = "cosine"     # cosine (linear warm-up, then cosine decay to 0) | constant
   config.warmup_steps = 100      # linear warm-up steps of the cosine schedule
   config.batch_size = 1024       # prompts per step, fresh each step

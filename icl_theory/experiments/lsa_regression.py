@@ -42,8 +42,10 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   task = build_task(config)
   check_int("num_layers", config.num_layers, 1)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
+  check_float("vanishing_init_scale", config.vanishing_init_scale, minimum=0.0)
   check_choice("optimizer", config.optimizer, ("adam", "sgd"))
   check_float("learning_rate", config.learning_rate, minimum=0.0, strict=True)
+  check_float("clip_norm", config.clip_norm, minimum=0.0)
   check_choice("schedule", config.schedule, ("cosine", "constant"))
   check_int("warmup_steps", config.warmup_steps, 0)
   check_int("batch_size", config.batch_size, 1)
@@ -59,9 +61,16 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   return task
 
 
+def make_optimizer(config: ml_collections.ConfigDict):
+  """The config's optimizer and learning-rate schedule."""
+  return trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps, config.warmup_steps,
+                                config.schedule, clip_norm=config.clip_norm)
+
+
 def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> trainer.Objective:
   """Mean squared error of the LSA's query prediction on a fresh batch of prompts."""
-  model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale)
+  model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
+                  vanishing_init_scale=config.vanishing_init_scale)
   batch_size = config.batch_size
   dummy = sample_prompts(jax.random.PRNGKey(0), task, 1)
 
@@ -115,8 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   t_start = time.perf_counter()
   task = validate_config(config)
   _prepare_workdir(workdir, config, overwrite)
-  optimizer, lr_schedule = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps,
-                                                  config.warmup_steps, config.schedule)
+  optimizer, lr_schedule = make_optimizer(config)
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.log_every,
                                   checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints)
   reference = float(theory.optimal_risk(task)) if task.is_gaussian else None

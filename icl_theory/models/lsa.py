@@ -21,14 +21,23 @@ import jax
 import jax.numpy as jnp
 
 
+def _init(scale: float, vanishing_scale: float):
+  """N(0, scale^2) entries, except the last row's first d (p_x in W_PV, q21 in W_KQ): N(0, vanishing_scale^2)."""
+  def init(key, shape, dtype=jnp.float32):
+    w = jax.random.normal(key, shape, dtype)
+    return w * jnp.full(shape, scale, dtype).at[-1, :-1].set(vanishing_scale)
+  return init
+
+
 class LinearSelfAttention(nn.Module):
   """One LSA layer with a residual connection; keys/values are the masked tokens."""
-  init_scale: float = 0.002
+  init_scale: float = 0.02
+  vanishing_init_scale: float = 0.0
 
   @nn.compact
   def __call__(self, h_BxTxD: jax.Array, mask_T: jax.Array, n: int) -> jax.Array:
     dim = h_BxTxD.shape[-1]
-    init = nn.initializers.normal(self.init_scale)
+    init = _init(self.init_scale, self.vanishing_init_scale)
     w_pv_DxD = self.param("W_PV", init, (dim, dim))
     w_kq_DxD = self.param("W_KQ", init, (dim, dim))
     s_BxDxD = jnp.einsum("btd,t,bte->bde", h_BxTxD, mask_T, h_BxTxD) / n
@@ -39,7 +48,8 @@ class LinearSelfAttention(nn.Module):
 class LSA(nn.Module):
   """`num_layers` LSA layers on the prompt's tokens; returns the query's prediction (B,)."""
   num_layers: int = 1
-  init_scale: float = 0.002
+  init_scale: float = 0.02
+  vanishing_init_scale: float = 0.0
 
   @nn.compact
   def __call__(self, x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:
@@ -47,7 +57,8 @@ class LSA(nn.Module):
     n = x_BxNxD.shape[1]
     mask_T = jnp.ones(n + 1, h_BxTxD.dtype).at[n].set(0.0)
     for i in range(self.num_layers):
-      h_BxTxD = LinearSelfAttention(self.init_scale, name=f"layer_{i}")(h_BxTxD, mask_T, n)
+      layer = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{i}")
+      h_BxTxD = layer(h_BxTxD, mask_T, n)
     return h_BxTxD[:, n, -1]
 
 
