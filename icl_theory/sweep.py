@@ -9,13 +9,12 @@ finished groups and resumes an unfinished one from its checkpoint.
 
 import os
 import sys
-import time
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from icl_theory import grid
+from icl_theory import experiments, grid
 from icl_theory.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "sweep.py")
@@ -28,7 +27,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an earlier sweep of 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  workdir = _WORKDIR.value or os.path.join("runs", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+  workdir = _WORKDIR.value or experiments.default_workdir("sweep")
   try:
     rows = grid.sweep(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except ConfigError as error:
