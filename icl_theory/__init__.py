@@ -13,3 +13,6 @@ from icl_theory.models.lsa import LSA, effective_gamma, vanishing_parts
 from icl_theory.grid import sweep
 from icl_theory.tasks import Prompts, RegressionTask, sample_prompts
 from icl_theory.validation import ConfigError
+
+__all__ = ["LSA", "ConfigError", "Prompts", "RegressionTask", "baseline_risks", "baselines", "compare",
+           "effective_gamma", "sample_prompts", "sweep", "theory", "train", "vanishing_parts"]

@@ -8,7 +8,6 @@ is Monte Carlo, with standard errors, on shared prompts so differences are paire
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import jax

@@ -24,14 +24,12 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from icl_theory import analysis, files, plotting, trainer
 from icl_theory.experiments import lsa_regression
-from icl_theory.tasks.regression import RegressionTask
 from icl_theory.validation import ConfigError, check_int
 
 GRID_FIELDS = ("n_values", "cov_x_values", "cov_w_values", "noise_std_values", "response_values")

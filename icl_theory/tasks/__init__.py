@@ -2,3 +2,5 @@
 
 from icl_theory.tasks.covariance import parse_covariance, resolve_covariance
 from icl_theory.tasks.regression import RESPONSES, Prompts, RegressionTask, sample_prompts
+
+__all__ = ["RESPONSES", "Prompts", "RegressionTask", "parse_covariance", "resolve_covariance", "sample_prompts"]
