@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Iterable
 
@@ -62,3 +63,13 @@ def read_jsonl(path: str) -> list[dict]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def remove(directory: str, names: Iterable[str]) -> None:
+  """Deletes the files and folders `names` of `directory` that exist (for --overwrite)."""
+  for name in names:
+    target = os.path.join(directory, name)
+    if os.path.isdir(target):
+      shutil.rmtree(target)
+    elif os.path.exists(target):
+      os.remove(target)

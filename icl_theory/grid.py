@@ -19,7 +19,6 @@ import io
 import itertools
 import math
 import os
-import shutil
 import time
 from typing import Any, Sequence
 
@@ -38,7 +37,6 @@ METRICS = ("gamma_rel_error", "gamma_cosine", "learned_risk", "model_risk_mc", "
            "optimal_risk", "excess_risk", "prediction_gap_mse", "p_x_norm", "q21_norm",
            "one_step_gd_lr", "one_step_gd_risk", "preconditioned_gd_risk", "ridge_risk", "ridge_risk_stderr",
            "ols_risk", "ols_risk_stderr", "final_train_loss", "steps", "status")
-_BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,14 +125,9 @@ def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_d
 def _check_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
   path = os.path.join(workdir, "sweep_config.json")
   if overwrite:
-    for name in ("sweep_config.json", "groups", "results.csv", "figures"):
-      target = os.path.join(workdir, name)
-      if os.path.isdir(target):
-        shutil.rmtree(target)
-      elif os.path.exists(target):
-        os.remove(target)
+    files.remove(workdir, ("sweep_config.json", "groups", "results.csv", "figures"))
   wanted = files.to_builtin(config.to_dict())
-  for field in _BOOKKEEPING:
+  for field in lsa_regression.BOOKKEEPING_FIELDS:
     wanted["base"].pop(field, None)
   if os.path.exists(path) and files.read_json(path) != wanted:
     raise ConfigError(f"workdir={workdir!r} holds a sweep of a different config: use a new --workdir "
@@ -152,10 +145,6 @@ def write_results_csv(rows: list[dict[str, Any]], path: str) -> None:
     writer.writerow([fmt(row[k]) for k in COORDINATES + METRICS])
   files.atomic_write_text(path, buffer.getvalue())
 
-
-def read_results_csv(path: str) -> list[dict[str, str]]:
-  with open(path) as f:
-    return list(csv.DictReader(f))
 
 
 def sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> list[dict[str, Any]]:

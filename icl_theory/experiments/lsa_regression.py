@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ from icl_theory.tasks.regression import RegressionTask, sample_prompts
 from icl_theory.validation import ConfigError, check_choice, check_float, check_int
 
 # Fields that change only bookkeeping, not the numbers a run produces.
-_BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints")
+BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints")
 _OUTPUTS = ("summary.json", "metrics.jsonl", "lsa.png", "config.json", "checkpoints")
 
 
@@ -93,17 +92,12 @@ def eval_key(seed: int) -> jax.Array:
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
   path = os.path.join(workdir, "config.json")
   if overwrite:
-    for name in _OUTPUTS:
-      target = os.path.join(workdir, name)
-      if os.path.isdir(target):
-        shutil.rmtree(target)
-      elif os.path.exists(target):
-        os.remove(target)
+    files.remove(workdir, _OUTPUTS)
   wanted = config.to_dict()
   if os.path.exists(path):
     held = files.read_json(path)
     differ = sorted(k for k in set(wanted) | set(held)
-                    if k not in _BOOKKEEPING and files.to_builtin(wanted.get(k)) != held.get(k))
+                    if k not in BOOKKEEPING_FIELDS and files.to_builtin(wanted.get(k)) != held.get(k))
     if differ:
       raise ConfigError(f"workdir={workdir!r} holds a run of a different config (fields {', '.join(differ)} "
                         "differ): use a new --workdir or pass --overwrite")
