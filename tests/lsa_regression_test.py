@@ -39,7 +39,9 @@ def _rel_error(a, b):
     # cov_w = I: Gamma* = n [(n + 1) cov_x + (tr cov_x + sigma^2) I]^-1.
     (dict(cov_x="geometric:4@1", cov_w="identity", noise_std=0.1),
      lambda t: 10 * np.linalg.inv(11 * t.cov_x.astype(np.float64) + (np.trace(t.cov_x) + 0.01) * np.eye(3))),
-], ids=["isotropic_noise", "cov_w_inverse", "cov_w_identity"])
+    # The same theorem trained on explicit tokens (a sampled query) instead of the Wishart statistic.
+    (dict(noise_std=0.5, sampler="tokens"), lambda t: 10 / (10 + 3 + 1 + 0.25) * np.eye(3)),
+], ids=["isotropic_noise", "cov_w_inverse", "cov_w_identity", "isotropic_noise_tokens"])
 def test_trained_layer_reaches_the_closed_form_optimum(tmp_path, fields, closed_form):
   result = icl_theory.train(_config(**fields), str(tmp_path))
   expected = closed_form(result.task)
@@ -72,9 +74,10 @@ def test_summary_and_outputs(tmp_path):
   for key in ("config", "effective_gamma", "optimal_gamma", "gamma_rel_error", "gamma_cosine", "learned_risk",
               "model_risk_mc", "model_risk_mc_stderr", "optimal_risk", "excess_risk", "p_x_norm", "q21_norm",
               "prediction_gap_mse", "one_step_gd_risk", "preconditioned_gd_risk", "ridge_risk", "ols_risk",
-              "steps", "wall_seconds", "prompts_per_second"):
+              "steps", "wall_seconds", "prompts_per_second", "sampler"):
     assert key in summary, key
   assert summary["steps"] == 200
+  assert summary["sampler"] == "wishart"  # 'auto' on linear data
   assert np.asarray(summary["effective_gamma"]).shape == (3, 3)
   assert summary["gamma_rel_error"] == result.summary["gamma_rel_error"]
 
@@ -101,10 +104,17 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     ("d", 0), ("n", -1), ("noise_std", -0.5), ("cov_x", "geometric:0.5"), ("cov_w", "wishart"),
     ("response", "sine"), ("num_layers", 0), ("learning_rate", 0.0), ("batch_size", 0), ("steps", 0),
     ("optimizer", "lbfgs"), ("schedule", "step"), ("checkpoint_every", -1), ("warmup_steps", 5000),
+    ("sampler", "bartlett"),
 ])
 def test_bad_config_names_the_field(field, value):
   with pytest.raises(icl_theory.ConfigError, match=f"^{field}="):
     lsa_regression.validate_config(_config(**{field: value}))
+
+
+def test_wishart_sampler_needs_a_linear_response():
+  with pytest.raises(icl_theory.ConfigError, match="^sampler='wishart' is not allowed with response='tanh'"):
+    lsa_regression.validate_config(_config(sampler="wishart", response="tanh"))
+  assert lsa_regression.validate_config(_config(sampler="auto", response="tanh")).response == "tanh"
 
 
 def test_same_config_and_seed_give_identical_numbers(tmp_path):

@@ -56,6 +56,20 @@ class LSATest(parameterized.TestCase):
     expected = jnp.einsum("d,bde,ef,bf->b", p, s, q, tokens[:, n])
     np.testing.assert_allclose(self.variant(lsa.predict)(params, prompts), expected, rtol=1e-5, atol=1e-5)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(1, 2, 3)
+  def test_query_readout_from_statistics_equals_the_token_path(self, num_layers):
+    # Any factor F of n S works; the tokens themselves (F = Z^T, batch last) are one.
+    d, n, batch = 3, 6, 5
+    prompts = sample_prompts(jax.random.PRNGKey(9), RegressionTask(d=d, n=n, noise_std=0.4), batch)
+    params = _random_params(jax.random.PRNGKey(10), d, num_layers, scale=0.3)
+    factor_DxNxB = jnp.transpose(jnp.concatenate([prompts.x, prompts.y[..., None]], axis=-1), (2, 1, 0))
+    v_dxB = self.variant(lsa.query_readout, static_argnums=2)(params, factor_DxNxB, n)
+    chex.assert_shape(v_dxB, (d, batch))
+    expected = [_matrix_form(params, *(np.asarray(a[b], np.float64) for a in (prompts.x, prompts.y, prompts.x_query)))
+                for b in range(batch)]
+    np.testing.assert_allclose(jnp.einsum("db,bd->b", v_dxB, prompts.x_query), expected, rtol=1e-4, atol=1e-5)
+
   def test_query_is_masked_out_of_keys_and_values(self):
     # The context tokens must not depend on the query: changing x_query changes the
     # prediction linearly (the query enters only through Q z_query).

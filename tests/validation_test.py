@@ -54,6 +54,7 @@ INVALID = {
     "clip_norm": _bad_float(0.0, strict=False),
     "response": _bad_choice(("linear", "relu", "tanh", "cube", "abs", "mlp")),
     "optimizer": _bad_choice(("adam", "sgd")), "schedule": _bad_choice(("cosine", "constant")),
+    "sampler": _bad_choice(("auto", "tokens", "wishart")),
     "cov_x": _bad_cov_spec, "cov_w": _bad_cov_spec,
 }
 

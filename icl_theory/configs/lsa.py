@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule = "cosine"     # cosine (linear warm-up, then cosine decay to 0) | constant
   config.warmup_steps = 100      # linear warm-up steps of the cosine schedule
   config.batch_size = 1024       # prompts per step, fresh each step
-  config.steps = 3000            # optimizer steps
+  config.sampler = "auto"        # auto | wishart (the context's statistic S, query integrated out) | tokens
+  config.steps = 1000            # optimizer steps
   config.seed = 0                # one root key: init, batches and evaluation derive from it
 
   # Bookkeeping.

@@ -24,10 +24,12 @@ from absl import logging
 from icl_theory import analysis, files, plotting, theory, trainer
 from icl_theory.models import lsa
 from icl_theory.tasks.regression import RegressionTask, sample_prompts
+from icl_theory.tasks.statistics import sample_statistics
 from icl_theory.validation import ConfigError, check_choice, check_float, check_int
 
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints")
+SAMPLERS = ("auto", "tokens", "wishart")
 _OUTPUTS = ("summary.json", "metrics.jsonl", "lsa.png", "config.json", "checkpoints")
 
 
@@ -53,6 +55,10 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   check_int("log_every", config.log_every, 1)
   check_int("checkpoint_every", config.checkpoint_every, 0)
   check_int("keep_checkpoints", config.keep_checkpoints, 1)
+  check_choice("sampler", config.sampler, SAMPLERS)
+  if config.sampler == "wishart" and not task.is_gaussian:
+    raise ConfigError(f"sampler='wishart' is not allowed with response={config.response!r}: "
+                      "it needs jointly Gaussian data (response='linear'); use 'auto' or 'tokens'")
   check_int("eval_samples", config.eval_samples, 2)
   check_int("gamma_mc_samples", config.gamma_mc_samples, 2)
   if config.schedule == "cosine" and config.warmup_steps >= steps:
@@ -66,8 +72,20 @@ def make_optimizer(config: ml_collections.ConfigDict):
                                 config.schedule, clip_norm=config.clip_norm)
 
 
+def uses_wishart(task: RegressionTask, sampler: str) -> bool:
+  """'auto' samples the context's statistic where the data are Gaussian, the tokens elsewhere."""
+  return sampler == "wishart" or (sampler == "auto" and task.is_gaussian)
+
+
 def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> trainer.Objective:
-  """Mean squared error of the LSA's query prediction on a fresh batch of prompts."""
+  """The LSA's squared error on the query, over a fresh batch of prompts.
+
+  With the Wishart sampler each prompt is its context's statistic S and its w,
+  and the query is integrated out exactly: E[(v^T x_q - y_q)^2 | S, w] =
+  (v - w)^T cov_x (v - w) + sigma^2. Both losses estimate the same population
+  risk, so the same parameters minimise them; the Wishart one costs the same
+  for any n and has a smaller variance.
+  """
   model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
                   vanishing_init_scale=config.vanishing_init_scale)
   batch_size = config.batch_size
@@ -76,11 +94,17 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> t
   def init(key):
     return model.init(key, dummy.x, dummy.y, dummy.x_query)["params"]
 
-  def loss(params, key, task):
+  def token_loss(params, key, task):
     prompts = sample_prompts(key, task, batch_size)
     pred = model.apply({"params": params}, prompts.x, prompts.y, prompts.x_query)
     return jnp.mean((pred - prompts.y_query) ** 2)
 
+  def wishart_loss(params, key, task):
+    stats = sample_statistics(key, task, batch_size)
+    error_dxB = lsa.query_readout(params, stats.factor_DxKxB, task.n) - stats.w_dxB
+    return jnp.mean(jnp.sum(error_dxB * (task.cov_x @ error_dxB), axis=0)) + task.noise_std**2
+
+  loss = wishart_loss if uses_wishart(task, config.sampler) else token_loss
   return trainer.Objective(init=init, loss=loss, batch_size=batch_size)
 
 
@@ -134,6 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
       "config": config.to_dict(),
       "cov_x": task.cov_x, "cov_w": task.cov_w,
       **evaluation,
+      "sampler": "wishart" if uses_wishart(task, config.sampler) else "tokens",
       "final_train_loss": result.history[-1]["loss"] if result.history else None,
       "steps": int(result.state.step),
       "resumed_from_step": result.resumed_from,
@@ -177,6 +202,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  ridge / Bayes              {summary['ridge_risk']:.4f} +- {summary['ridge_risk_stderr']:.4f}",
             f"  OLS                        {summary['ols_risk']:.4f} +- {summary['ols_risk_stderr']:.4f}",
             "",
-            f"{summary['steps']} steps, {num(summary['prompts_per_second'], '.3g')} prompts/s, "
+            f"{summary['steps']} steps ({summary['sampler']} sampler), "
+            f"{num(summary['prompts_per_second'], '.3g')} prompts/s, "
             f"{summary['wall_seconds']:.1f} s wall ({summary['compile_seconds']:.1f} s compiling)"]
   return "\n".join(lines)

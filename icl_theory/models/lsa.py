@@ -108,6 +108,37 @@ def vanishing_parts(params: Mapping[str, Any]) -> dict[str, jax.Array]:
   }
 
 
+def query_readout(params: Mapping[str, Any], factor_DxKxB: jax.Array, n: int) -> jax.Array:
+  """The map x_query -> prediction, v (d, B), given each context through S = F F^T / n.
+
+  The query token (x_query, 0) never enters S (it is masked from keys and
+  values), so after every layer it is still a linear function of x_query and the
+  prediction is v^T x_query: the token path's output for the same context. Batch
+  axis last (see `icl_theory.tasks.statistics`). One layer costs O(D K) per prompt:
+  v = A^T S p with A = W_KQ[:, :d], p the last row of W_PV, and S p = F (F^T p) / n.
+  Deeper layers carry S and the query's map along, O(D^3) each.
+  """
+  params = params.get("params", params)
+  num = num_layers(params)
+  dim = factor_DxKxB.shape[0]
+  d = dim - 1
+  query_DxdxB = jnp.broadcast_to(jnp.eye(dim, d)[:, :, None], (dim, d, factor_DxKxB.shape[-1]))
+  s_DxDxB = jnp.einsum("ikb,jkb->ijb", factor_DxKxB, factor_DxKxB) / n if num > 1 else None
+  for i in range(num - 1):
+    layer = params[f"layer_{i}"]
+    mix_DxDxB = jnp.einsum("ij,jkb,kl->ilb", layer["W_PV"], s_DxDxB, layer["W_KQ"])
+    query_DxdxB = query_DxdxB + jnp.einsum("ijb,jkb->ikb", mix_DxDxB, query_DxdxB)
+    grow_DxDxB = mix_DxDxB + jnp.eye(dim)[:, :, None]
+    s_DxDxB = jnp.einsum("ijb,jkb,lkb->ilb", grow_DxDxB, s_DxDxB, grow_DxDxB)
+  last = params[f"layer_{num - 1}"]
+  p_D = last["W_PV"][-1]
+  if num == 1:
+    sp_DxB = jnp.einsum("ikb,kb->ib", factor_DxKxB, jnp.einsum("ikb,i->kb", factor_DxKxB, p_D)) / n
+    return last["W_KQ"][:, :d].T @ sp_DxB
+  sp_DxB = jnp.einsum("i,ijb->jb", p_D, s_DxDxB)
+  return query_DxdxB[-1] + jnp.einsum("jb,jk,kdb->db", sp_DxB, last["W_KQ"], query_DxdxB)
+
+
 def predict(params: Mapping[str, Any], prompts) -> jax.Array:
   """The LSA's predictions (B,) for a batch of prompts (anything with x, y, x_query)."""
   params = params.get("params", params)
