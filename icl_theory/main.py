@@ -1,7 +1,8 @@
-r"""Command line: train one run and print learned against analytic.
+r"""Command line: train one run and print its summary (for the LSA: learned against analytic).
 
     python -m icl_theory.main [--config=icl_theory/configs/lsa.py] [--config.FIELD=VALUE ...]
                               [--workdir=DIR] [--overwrite]
+    python -m icl_theory.main --config=icl_theory/configs/classify.py [--config.FIELD=VALUE ...]
 
 With no arguments: the default LSA config into a fresh folder under runs/.
 """
@@ -13,7 +14,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from icl_theory import experiments, trainer
-from icl_theory.experiments import lsa_regression
 from icl_theory.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "lsa.py")
@@ -31,7 +31,7 @@ def main(argv) -> None:
   except (ConfigError, trainer.TrainingDiverged) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2 if isinstance(error, ConfigError) else 1)
-  print(lsa_regression.format_summary(result.summary))
+  print(experiments.format_summary(result.summary))
   print(f"\nwritten to {result.workdir}")
 
 

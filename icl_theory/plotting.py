@@ -168,3 +168,39 @@ def plot_sweep(rows: Sequence[dict], directory: str) -> None:
               fontsize=8)
   fig.colorbar(image, ax=ax, label="gamma_rel_error (mean over seeds)")
   _save(fig, f"{directory}/gamma_rel_error.png")
+
+
+def plot_classification_run(summary: dict[str, Any], history: Sequence[dict], path: str) -> None:
+  """The hinge loss during training, and the ICL error beside majority vote against test prompt length and alpha'."""
+  fig, (ax_loss, ax_len, ax_alpha) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+  if history:
+    ax_loss.plot([row["step"] for row in history], [row["loss"] for row in history], "o-", ms=3,
+                 label="training loss (batch mean)")
+  ax_loss.set_xlabel("step")
+  ax_loss.set_ylabel("hinge loss")
+  ax_loss.set_ylim(bottom=0)
+  ax_loss.set_title("training loss")
+  ax_loss.legend(fontsize=8)
+
+  config = summary["config"]
+  panels = ((ax_len, summary["error_by_test_prompt_len"], "test_prompt_len", "test prompt length l",
+             f"against prompt length ($\\alpha'$ = {config['alpha_test']:g}, $S_1$ = {config['s1']:g})"),
+            (ax_alpha, summary["error_by_alpha_test"], "alpha_test",
+             "$\\alpha'$ (share of contexts with the query's pattern)",
+             f"against $\\alpha'$ (l = {config['test_prompt_len']}, $S_1$ = {config['s1']:g})"))
+  for ax, rows, key, xlabel, title in panels:
+    xs = [r[key] for r in rows]
+    for prefix, label, color in (("unseen_task", "unseen tasks", "C0"), ("ood", "out of domain", "C1")):
+      ax.errorbar(xs, [r[f"{prefix}_error"] for r in rows], yerr=[r[f"{prefix}_error_stderr"] for r in rows],
+                  fmt="o-", color=color, capsize=3, label=f"ICL, {label}")
+    ax.plot(xs, [r["unseen_task_majority_vote_error"] for r in rows], "k:", label="majority vote")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("classification error")
+    ax.set_title(f"error {title}")
+    ax.legend(fontsize=8)
+  ax_len.set_xscale("log")
+  lengths = [r["test_prompt_len"] for r in summary["error_by_test_prompt_len"]]
+  ax_len.set_xticks(lengths, [str(n) for n in lengths])
+  ax_len.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  _save(fig, path)
