@@ -136,7 +136,10 @@ def _baseline_arrays(task: RegressionTask, gamma_star: jax.Array, key: jax.Array
         jax.tree_util.Partial(theory.gamma_predict, gamma_star))
     out["ridge_risk"], out["ridge_risk_stderr"] = mc(jax.tree_util.Partial(_ridge_predict, task))
   out["one_step_gd_lr"] = eta
-  out["ols_risk"], out["ols_risk_stderr"] = mc(jax.tree_util.Partial(_ols_predict))
+  if task.is_gaussian and task.n >= task.d + 2:
+    out["ols_risk"], out["ols_risk_stderr"] = theory.ols_risk(task), 0.0
+  else:
+    out["ols_risk"], out["ols_risk_stderr"] = mc(jax.tree_util.Partial(_ols_predict))
   return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
 
 
@@ -145,7 +148,8 @@ def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_sampl
                    gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> dict[str, float]:
   """Risks of one-step GD (best eta), preconditioned GD (Gamma*), ridge/Bayes and OLS, with stderrs.
 
-  Exact where a closed form exists (GD and preconditioned GD on linear data);
+  Exact where a closed form exists (GD and preconditioned GD on linear data, OLS
+  there too once n >= d + 2);
   ridge's risk is Monte Carlo over X only (exact given X) for linear data. For
   other responses eta_f and Gamma* are estimated from `gamma_mc_samples` prompts.
   """
@@ -157,23 +161,46 @@ def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_sampl
   return {k: float(v) for k, v in out.items()}
 
 
-def _evaluate_run(params, task: RegressionTask, key: jax.Array, num_samples: int, gamma_mc_samples: int):
+# Gamma* and the baselines are properties of the task, not of a trained run: one key
+# for every run, so runs of the same task (seeds) share them and compute them once.
+TASK_KEY_SEED = 20_231
+
+
+def _task_reference(task: RegressionTask, num_samples: int, gamma_mc_samples: int) -> dict[str, jax.Array]:
+  key = jax.random.PRNGKey(TASK_KEY_SEED)
   gamma_star = _reference_gamma(task, jax.random.split(key, 3)[1], gamma_mc_samples)
-  return {"optimal_gamma": gamma_star, **_compare_arrays(params, task, gamma_star, key, num_samples),
-          **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples)}
+  return {"optimal_gamma": gamma_star, **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples)}
+
+
+def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.ndarray]:
+  """The distinct tasks among R stacked ones, and for each run the index of its task."""
+  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tasks)]
+  first: dict[bytes, int] = {}
+  index = np.array([first.setdefault(b"".join(leaf[r].tobytes() for leaf in leaves), len(first))
+                    for r in range(num_runs)])
+  keep = np.array([int(np.argmax(index == u)) for u in range(len(first))])
+  return jax.tree.map(lambda x: np.asarray(x)[keep], tasks), index
 
 
 def evaluate_group(params: Any, tasks: RegressionTask, keys: jax.Array, num_samples: int = DEFAULT_EVAL_SAMPLES,
                    gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES,
                    devices: Sequence[jax.Device] | None = None) -> list[dict[str, Any]]:
-  """Gamma*, compare() and baseline_risks() for R runs in one program, sharded over `devices`.
+  """Gamma*, compare() and baseline_risks() for R runs, sharded over `devices`.
 
-  `params`, `tasks` and `keys` have a leading run axis of R. Returns one dict per
-  run, with the numbers of compare(params_r, task_r, keys[r]) and
-  baseline_risks(task_r, keys[r]).
+  `params`, `tasks` and `keys` have a leading run axis of R. Gamma* and the
+  baselines are computed once per distinct task, from a key of their own
+  (`TASK_KEY_SEED`), so a run's numbers do not depend on which other runs share
+  the group; `compare` uses the run's key. Returns one dict per run.
   """
   num_runs = len(keys)
-  (params, tasks, keys), shards = sharding.shard_runs(jax.device_get((params, tasks, keys)), devices)
-  run = lambda p, t, k: _evaluate_run(p, t, k, num_samples, gamma_mc_samples)
-  out = jax.device_get(jax.jit(sharding.per_run(run, shards))(params, tasks, keys))
-  return [_to_python({k: v[r] for k, v in out.items()}) for r in range(num_runs)]
+  tasks = jax.device_get(tasks)
+  distinct, index = _distinct(tasks, num_runs)
+  (distinct,), shards = sharding.shard_runs((distinct,), devices)
+  per_task = lambda t: _task_reference(t, num_samples, gamma_mc_samples)
+  reference = jax.device_get(jax.jit(sharding.per_run(per_task, shards))(distinct))
+  gammas = reference["optimal_gamma"][index]
+  (params, tasks, gammas, keys), shards = sharding.shard_runs(jax.device_get((params, tasks, gammas, keys)), devices)
+  per_run = lambda p, t, g, k: _compare_arrays(p, t, g, k, num_samples)
+  out = jax.device_get(jax.jit(sharding.per_run(per_run, shards))(params, tasks, gammas, keys))
+  return [_to_python({**{k: v[index[r]] for k, v in reference.items()}, **{k: v[r] for k, v in out.items()}})
+          for r in range(num_runs)]

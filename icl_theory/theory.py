@@ -153,6 +153,21 @@ def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_va
   return chol @ mean_v, chol @ cov_v @ chol.T
 
 
+def ols_risk(task: RegressionTask) -> jax.Array:
+  """Exact risk of least squares for Gaussian x and n >= d + 2: sigma^2 (1 + d / (n - d - 1)).
+
+  E[(x_q^T (w_hat - w))^2] = sigma^2 tr(Sx E[(X^T X)^-1]) and E[(X^T X)^-1] is the
+  inverse Wishart's mean Sx^-1 / (n - d - 1): neither Sx nor the prior matters.
+  Below n = d + 2 the mean is infinite (n = d, d + 1) or OLS is the minimum-norm
+  interpolant (n < d): estimate those by Monte Carlo.
+  """
+  _require_gaussian(task, "ols_risk")
+  if task.n < task.d + 2:
+    raise ValueError(f"ols_risk has no finite closed form for n={task.n} < d + 2 = {task.d + 2}; "
+                     "use prediction_risk_mc with baselines.ols")
+  return task.noise_std**2 * (1.0 + task.d / (task.n - task.d - 1))
+
+
 @functools.partial(jax.jit, static_argnames="num_samples")
 def bayes_risk(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
   """Risk of the Bayes posterior mean (ridge with the prior): sigma^2 + E_X tr(Sx Cov[w | X])."""

@@ -222,6 +222,21 @@ class MonteCarloTest(parameterized.TestCase):
     # Never below the noise floor, which only a perfect w would reach.
     self.assertGreater(float(estimate.value), 0.25)
 
+  @parameterized.parameters(("identity", 12), ("geometric:5@1", 12), ("geometric:5@1", 30))
+  def test_ols_risk_against_sampled_prompts(self, cov_x: str, n: int):
+    # The closed form sigma^2 (1 + d / (n - d - 1)), whatever Sx and Sw.
+    task = RegressionTask(d=_D, n=n, cov_x=cov_x, cov_w="geometric:3@2", noise_std=0.7)
+    estimate = theory.prediction_risk_mc(jax.random.PRNGKey(n), task, 200_000,
+                                         jax.tree_util.Partial(baselines.ols))
+    expected = 0.49 * (1 + _D / (n - _D - 1))
+    np.testing.assert_allclose(float(theory.ols_risk(task)), expected, rtol=1e-6)
+    self.assertLess(abs(float(estimate.value) - expected), _Z * float(estimate.stderr),
+                    (float(estimate.value), expected, float(estimate.stderr)))
+
+  def test_ols_risk_refuses_short_prompts(self):
+    with self.assertRaisesRegex(ValueError, "n=4 < d \\+ 2"):
+      theory.ols_risk(RegressionTask(d=3, n=4, noise_std=1.0))
+
   @parameterized.parameters((2, 1.0), (_N, 0.0))
   def test_bayes_risk_noiseless_isotropic_is_exact(self, n: int, expected: float):
     # sigma = 0, Sx = Sw = I: Cov[w | X] projects onto the null space of X, so the risk is
