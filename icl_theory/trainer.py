@@ -13,9 +13,9 @@ sharded over the devices; `fit` is the one-run case.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
+import logging as pylogging
 import math
 import os
 import time
@@ -136,21 +136,28 @@ def _chunk_ends(start: int, settings: LoopSettings) -> list[int]:
 
 
 def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointManager:
+  _quiet_orbax()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=settings.keep_checkpoints, enable_async_checkpointing=False, create=True,
       cleanup_tmp_directories=True)  # a kill mid-save leaves a tmp dir; never a half checkpoint
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-@contextlib.contextmanager
-def _quiet():
-  """Orbax logs every save at INFO through absl; keep the console to our progress lines."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
-  try:
-    yield
-  finally:
-    logging.set_verbosity(verbosity)
+class _OrbaxInfoFilter(pylogging.Filter):
+  """Orbax logs every save at INFO through absl: keep the console to our progress lines.
+
+  A filter on the handler rather than a verbosity switch, which is global state
+  that groups trained in parallel threads would race on.
+  """
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
+def _quiet_orbax() -> None:
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
+    handler.addFilter(_OrbaxInfoFilter())
 
 
 def format_eta(seconds: float) -> str:
@@ -174,23 +181,21 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in seeds])
   (init_keys, rngs, tasks), shards = sharding.shard_runs((keys[:, 0], keys[:, 1], tasks), devices)
   states = jax.jit(sharding.per_run(lambda k: init_state(objective, optimizer, k), shards))(init_keys)
-  first_loss = lambda state, rng, task: objective.loss(state.params, jax.random.fold_in(rng, 0), task)
-  initial = jax.jit(sharding.per_run(first_loss, shards))(states, rngs, tasks)
-  loss_limit = DIVERGENCE_FACTOR * np.maximum(np.abs(np.asarray(initial)[:num_runs]), 1.0)
+  # Set from the first chunk's step-1 losses (and checkpointed): no program of its own to compile.
+  loss_limit = np.full(num_runs, np.nan, np.float32)
   diverged_at = np.zeros(num_runs, np.int64)
   history: list[dict] = []
   manager = None
   if workdir and settings.checkpoint_every > 0:
-    with _quiet():
-      manager = _checkpoint_manager(workdir, settings)
+    manager = _checkpoint_manager(workdir, settings)
   metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
   resumed_from = 0
   if manager is not None and manager.latest_step() is not None:
     resumed_from = manager.latest_step()
-    target = {"state": states, "rng": rngs, "diverged_at": diverged_at}
-    with _quiet():
-      restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
+    target = {"state": states, "rng": rngs, "diverged_at": diverged_at, "loss_limit": loss_limit}
+    restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
     states, rngs, diverged_at = restored["state"], restored["rng"], np.asarray(restored["diverged_at"])
+    loss_limit = np.asarray(restored["loss_limit"])
     history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
     logging.info("Resumed from the checkpoint at step %d in %s", resumed_from, workdir)
 
@@ -219,6 +224,8 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   def drain(chunk_start: int, losses: jax.Array) -> None:
     nonlocal last_log_time, last_log_step
     losses = np.asarray(losses)[:num_runs]  # the host sync, one chunk late
+    if chunk_start == 0:
+      loss_limit[:] = DIVERGENCE_FACTOR * np.maximum(np.abs(losses[:, 0]), 1.0)  # nan stays nan: diverged
     bad = ~(losses <= loss_limit[:, None])  # also catches nan
     for r in np.flatnonzero(bad.any(axis=1) & (diverged_at == 0)):
       i = int(np.argmax(bad[r]))
@@ -257,16 +264,15 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     if manager is not None and (end % settings.checkpoint_every == 0 or end == settings.steps):
       drain(*pending)  # read the losses first: a diverged run is marked before it is saved
       pending = None
-      with _quiet():
-        manager.save(end, args=ocp.args.StandardSave({"state": states, "rng": rngs, "diverged_at": diverged_at}))
+      manager.save(end, args=ocp.args.StandardSave({"state": states, "rng": rngs, "diverged_at": diverged_at,
+                                                    "loss_limit": loss_limit}))
     chunk_start = end
   if pending is not None:
     drain(*pending)
   jax.block_until_ready(states)
   train_seconds = time.perf_counter() - t_start
   if manager is not None:
-    with _quiet():
-      manager.close()
+    manager.close()
   states = jax.tree.map(lambda x: x[:num_runs], states)
   return FitResult(state=states, history=history, compile_seconds=compile_seconds, train_seconds=train_seconds,
                    steps_this_process=settings.steps - start, resumed_from=resumed_from, diverged_at=diverged_at)

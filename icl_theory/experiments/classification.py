@@ -110,7 +110,9 @@ def make_objective(task: ClassificationTask, config: ml_collections.ConfigDict) 
   """Hinge loss of F(P) on a fresh batch of training-task prompts at the config's alpha and prompt length."""
   model = make_model(config)
   batch_size, prompt_len, alpha = config.batch_size, config.prompt_len, config.alpha
-  dummy = prompt_tokens(sample_prompts(jax.random.PRNGKey(0), task, 1, prompt_len, alpha), task.q)
+  shapes = jax.eval_shape(lambda key: prompt_tokens(sample_prompts(key, task, 1, prompt_len, alpha), task.q),
+                          jax.random.PRNGKey(0))
+  dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # shapes only: nothing to compile
 
   def init(key):
     return model.init(key, *dummy)["params"]

@@ -89,7 +89,8 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> t
   model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
                   vanishing_init_scale=config.vanishing_init_scale)
   batch_size = config.batch_size
-  dummy = sample_prompts(jax.random.PRNGKey(0), task, 1)
+  shapes = jax.eval_shape(lambda key: sample_prompts(key, task, 1), jax.random.PRNGKey(0))
+  dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # shapes only: nothing to compile
 
   def init(key):
     return model.init(key, dummy.x, dummy.y, dummy.x_query)["params"]
@@ -145,7 +146,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   optimizer, lr_schedule = make_optimizer(config)
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.log_every,
                                   checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints)
-  reference = float(theory.optimal_risk(task)) if task.is_gaussian else None
+  reference = float(jax.jit(theory.optimal_risk)(task)) if task.is_gaussian else None  # one compile, not ten
   logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
                task.d, task.n, workdir)
   result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task,

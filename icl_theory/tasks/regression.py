@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_theory.tasks import draws
 from icl_theory.tasks.covariance import CovSpec, resolve_covariance
 from icl_theory.validation import check_choice, check_float, check_int
 
@@ -93,31 +94,28 @@ class RegressionTask:
     return task
 
 
-def draw_function(key: jax.Array, task: RegressionTask, chol_w_DxD: jax.Array):
-  """Draws one response function f: R^d -> R from the task's family."""
-  d = task.d
+def _responses(key: jax.Array, task: RegressionTask, chol_w_DxD: jax.Array, x_BxTxD: jax.Array) -> jax.Array:
+  """f_b(x_b,t) for a fresh response function f_b per prompt: (B, T)."""
+  batch, d = x_BxTxD.shape[0], task.d
   if task.response == "mlp":
     k_w, k_a = jax.random.split(key)
-    w_HxD = jax.random.normal(k_w, (task.mlp_width, d)) @ chol_w_DxD.T
-    a_H = jax.random.normal(k_a, (task.mlp_width,)) * jnp.sqrt(2.0 / task.mlp_width)
-    return lambda x_ND: jax.nn.relu(x_ND @ w_HxD.T) @ a_H
-  w_D = chol_w_DxD @ jax.random.normal(key, (d,))
-  phi = _PHI[task.response]
-  return lambda x_ND: phi(x_ND @ w_D)
-
-
-def _sample_one(key, task: RegressionTask, chol_x_DxD, chol_w_DxD) -> Prompts:
-  k_f, k_x, k_eps = jax.random.split(key, 3)
-  n, d = task.n, task.d
-  x_TxD = jax.random.normal(k_x, (n + 1, d)) @ chol_x_DxD.T
-  f = draw_function(k_f, task, chol_w_DxD)
-  y_T = f(x_TxD) + task.noise_std * jax.random.normal(k_eps, (n + 1,))
-  return Prompts(x=x_TxD[:n], y=y_T[:n], x_query=x_TxD[n], y_query=y_T[n])
+    w_BxHxD = draws.normal(k_w, (batch, task.mlp_width, d)) @ chol_w_DxD.T
+    a_BxH = draws.normal(k_a, (batch, task.mlp_width)) * jnp.sqrt(2.0 / task.mlp_width)
+    return jnp.einsum("bth,bh->bt", jax.nn.relu(jnp.einsum("btd,bhd->bth", x_BxTxD, w_BxHxD)), a_BxH)
+  w_BxD = draws.normal(key, (batch, d)) @ chol_w_DxD.T
+  return _PHI[task.response](jnp.einsum("btd,bd->bt", x_BxTxD, w_BxD))
 
 
 def sample_prompts(key: jax.Array, task: RegressionTask, batch: int) -> Prompts:
-  """`batch` independent prompts (each with its own f). Jit with `static_argnums=2`."""
-  chol_x_DxD = jnp.linalg.cholesky(task.cov_x)
-  chol_w_DxD = jnp.linalg.cholesky(task.cov_w)
-  keys = jax.random.split(key, batch)
-  return jax.vmap(_sample_one, in_axes=(0, None, None, None))(keys, task, chol_x_DxD, chol_w_DxD)
+  """`batch` independent prompts (each with its own f). Jit with `static_argnums=2`.
+
+  Each kind of draw is one call for the whole batch (`icl_theory.tasks.draws`):
+  per-prompt keys cost a Threefry block per prompt, and make the program slower
+  to compile and to run.
+  """
+  k_f, k_x, k_eps = jax.random.split(key, 3)
+  n, d = task.n, task.d
+  x_BxTxD = draws.normal(k_x, (batch, n + 1, d)) @ jnp.linalg.cholesky(task.cov_x).T
+  y_BxT = (_responses(k_f, task, jnp.linalg.cholesky(task.cov_w), x_BxTxD)
+           + task.noise_std * draws.normal(k_eps, (batch, n + 1)))
+  return Prompts(x=x_BxTxD[:, :n], y=y_BxT[:, :n], x_query=x_BxTxD[:, n], y_query=y_BxT[:, n])

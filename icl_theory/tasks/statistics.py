@@ -23,8 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry_2x32
 
+from icl_theory.tasks import draws
 from icl_theory.tasks.regression import RegressionTask
 
 # What one chi draw costs, in normal draws: a normal, a uniform, a log and a cube
@@ -38,31 +38,6 @@ class ContextStatistics(NamedTuple):
   w_dxB: jax.Array         # each prompt's w, for the query's integrated loss
 
 
-def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Uniform uint32 words from `key`: Threefry-2x32 of the counters 0, 1, ..., two words a block.
-
-  `jax.random` under its default partitionable Threefry spends a whole block
-  on every word; its normals are 1.6x slower on CPU, and random numbers are
-  most of this sampler's cost.
-  """
-  size = int(np.prod(shape))
-  raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  return threefry_2x32(raw, jnp.arange(size + size % 2, dtype=jnp.uint32))[:size].reshape(shape)
-
-
-def _uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """U(0, 1) float32 from the top 23 bits of each word, as jax.random.uniform (0 excluded here)."""
-  one_to_two = jax.lax.bitcast_convert_type((_bits(key, shape) >> 9) | np.uint32(0x3F800000), jnp.float32)
-  return jnp.maximum(one_to_two - 1.0, jnp.finfo(jnp.float32).tiny)
-
-
-def _normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """N(0, 1) float32 by the inverse error function, as jax.random.normal."""
-  one_to_two = jax.lax.bitcast_convert_type((_bits(key, shape) >> 9) | np.uint32(0x3F800000), jnp.float32)
-  u = jnp.maximum(np.nextafter(np.float32(-1.0), np.float32(0.0)), 2.0 * one_to_two - 3.0)
-  return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
-
-
 def uses_bartlett(dim: int, dof: int) -> bool:
   """Whether Bartlett's factor costs fewer random numbers than `dof` Gaussian columns."""
   k = min(dim, dof)
@@ -74,8 +49,8 @@ def _gamma_proposal(key: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]
   k_x, k_u = jax.random.split(key)
   d_ = a - 1.0 / 3.0
   c = 1.0 / jnp.sqrt(9.0 * d_)
-  x = _normal(k_x, a.shape)
-  log_u = jnp.log(_uniform(k_u, a.shape))
+  x = draws.normal(k_x, a.shape)
+  log_u = jnp.log(draws.uniform(k_u, a.shape))
   v = (1.0 + c * x) ** 3
   accepted = (v > 0) & (log_u < 0.5 * x * x + d_ - d_ * v + d_ * jnp.log(jnp.where(v > 0, v, 1.0)))
   return d_ * v, accepted
@@ -110,7 +85,7 @@ def chi_square(key: jax.Array, dof_K: np.ndarray, batch: int) -> jax.Array:
   gamma_KxB = value_N.reshape(dof_K.size, batch)
   small = np.flatnonzero(half < 1.0)
   if small.size:  # Gamma(a) = Gamma(a + 1) U^(1/a), only for the rows with one degree of freedom
-    u = _uniform(jax.random.fold_in(key, 0), (small.size, batch))
+    u = draws.uniform(jax.random.fold_in(key, 0), (small.size, batch))
     gamma_KxB = gamma_KxB.at[small].multiply(u ** (1.0 / half[small, None]))
   return 2.0 * gamma_KxB
 
@@ -123,11 +98,11 @@ def wishart_factor(key: jax.Array, dim: int, dof: int, batch: int) -> jax.Array:
   standard normals below. Where that costs more, the dof Gaussian columns.
   """
   if not uses_bartlett(dim, dof):
-    return _normal(key, (dim, dof, batch))
+    return draws.normal(key, (dim, dof, batch))
   k = min(dim, dof)
   k_normal, k_chi = jax.random.split(key)
   rows, cols = np.tril_indices(dim, -1, k)
-  below_LxB = _normal(k_normal, (rows.size, batch))
+  below_LxB = draws.normal(k_normal, (rows.size, batch))
   # Place the below-diagonal draws by a gather of whole batch rows (a zero row elsewhere).
   slot = np.full((dim, k), rows.size)
   slot[rows, cols] = np.arange(rows.size)
@@ -144,7 +119,7 @@ def sample_statistics(key: jax.Array, task: RegressionTask, batch: int) -> Conte
                      "use sample_prompts")
   d, n = task.d, task.n
   k_w, k_factor = jax.random.split(key)
-  w_dxB = jnp.linalg.cholesky(task.cov_w) @ _normal(k_w, (d, batch))
+  w_dxB = jnp.linalg.cholesky(task.cov_w) @ draws.normal(k_w, (d, batch))
   g_DxKxB = wishart_factor(k_factor, d + 1, n, batch)
   x_dxKxB = jnp.einsum("ij,jkb->ikb", jnp.linalg.cholesky(task.cov_x), g_DxKxB[:d])
   y_KxB = jnp.einsum("ikb,ib->kb", x_dxKxB, w_dxB) + task.noise_std * g_DxKxB[d]
