@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from icl_theory.validation import ConfigError
 
 
 def to_builtin(value: Any) -> Any:
@@ -73,3 +75,23 @@ def remove(directory: str, names: Iterable[str]) -> None:
       shutil.rmtree(target)
     elif os.path.exists(target):
       os.remove(target)
+
+
+def claim_workdir(workdir: str, wanted: dict, outputs: Sequence[str], free_fields: Sequence[str],
+                  overwrite: bool) -> None:
+  """Records the config `wanted` in workdir/config.json, refusing a workdir that holds another.
+
+  Fields in `free_fields` (bookkeeping, evaluation-only) may differ. With
+  `overwrite` the earlier `outputs` are removed first. Raises ConfigError.
+  """
+  path = os.path.join(workdir, "config.json")
+  if overwrite:
+    remove(workdir, outputs)
+  if os.path.exists(path):
+    held = read_json(path)
+    differ = sorted(k for k in set(wanted) | set(held)
+                    if k not in free_fields and to_builtin(wanted.get(k)) != held.get(k))
+    if differ:
+      raise ConfigError(f"workdir={workdir!r} holds a run of a different config (fields {', '.join(differ)} "
+                        "differ): use a new --workdir or pass --overwrite")
+  write_json(path, wanted)

@@ -102,8 +102,7 @@ def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_d
   stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *tasks)
   run_config = runs[0].config(base)
   optimizer, lr_schedule = lsa_regression.make_optimizer(base)
-  settings = trainer.LoopSettings(steps=base.steps, log_every=base.log_every,
-                                  checkpoint_every=base.checkpoint_every, keep_checkpoints=base.keep_checkpoints)
+  settings = trainer.LoopSettings.from_config(base)
   result = trainer.fit_group(lsa_regression.make_objective(tasks[0], run_config), optimizer, lr_schedule, settings,
                              [run.seed for run in runs], stacked, workdir=group_dir)
   keys = np.stack([np.asarray(lsa_regression.eval_key(run.seed)) for run in runs])

@@ -68,6 +68,12 @@ class LoopSettings:
   checkpoint_every: int  # 0: never
   keep_checkpoints: int = 3
 
+  @classmethod
+  def from_config(cls, config: Any) -> LoopSettings:
+    """From a run config's steps, log_every, checkpoint_every and keep_checkpoints."""
+    return cls(steps=config.steps, log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+               keep_checkpoints=config.keep_checkpoints)
+
 
 @dataclasses.dataclass
 class FitResult:
@@ -103,6 +109,12 @@ def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: in
   if clip_norm > 0:
     optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
   return optimizer, lr
+
+
+def optimizer_from_config(config: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`make_optimizer` from a run config's optimizer, learning_rate, steps, warmup_steps, schedule, clip_norm."""
+  return make_optimizer(config.optimizer, config.learning_rate, config.steps, config.warmup_steps,
+                        config.schedule, clip_norm=config.clip_norm)
 
 
 def init_state(objective: Objective, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:

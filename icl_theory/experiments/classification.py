@@ -102,8 +102,7 @@ def make_model(config: ml_collections.ConfigDict) -> SoftmaxMLP:
 
 def make_optimizer(config: ml_collections.ConfigDict):
   """The config's optimizer and learning-rate schedule."""
-  return trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps, config.warmup_steps,
-                                config.schedule, clip_norm=config.clip_norm)
+  return trainer.optimizer_from_config(config)
 
 
 def make_objective(task: ClassificationTask, config: ml_collections.ConfigDict) -> trainer.Objective:
@@ -219,22 +218,6 @@ def evaluate(params: Any, task: ClassificationTask, config: ml_collections.Confi
   return out
 
 
-def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  path = os.path.join(workdir, "config.json")
-  if overwrite:
-    files.remove(workdir, _OUTPUTS)
-  wanted = config.to_dict()
-  if os.path.exists(path):
-    held = files.read_json(path)
-    free = BOOKKEEPING_FIELDS + EVALUATION_FIELDS
-    differ = sorted(k for k in set(wanted) | set(held)
-                    if k not in free and files.to_builtin(wanted.get(k)) != held.get(k))
-    if differ:
-      raise ConfigError(f"workdir={workdir!r} holds a run of a different config (fields {', '.join(differ)} "
-                        "differ): use a new --workdir or pass --overwrite")
-  files.write_json(path, wanted)
-
-
 class RunResult(NamedTuple):
   """What `icl_theory.train` returns for 'classification'."""
   summary: dict[str, Any]
@@ -248,10 +231,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   """Trains, evaluates in and out of domain, writes the workdir."""
   t_start = time.perf_counter()
   task = validate_config(config)
-  _prepare_workdir(workdir, config, overwrite)
+  files.claim_workdir(workdir, config.to_dict(), _OUTPUTS, BOOKKEEPING_FIELDS + EVALUATION_FIELDS, overwrite)
   optimizer, lr_schedule = make_optimizer(config)
-  settings = trainer.LoopSettings(steps=config.steps, log_every=config.log_every,
-                                  checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints)
+  settings = trainer.LoopSettings.from_config(config)
   logging.info("Training softmax attention + MLP (m=%d) on %d training tasks of M1=%d patterns, alpha=%g, l=%d, "
                "into %s", config.m, len(task.train_pairs), task.M1, config.alpha, config.prompt_len, workdir)
   result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task, workdir)

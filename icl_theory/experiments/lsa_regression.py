@@ -68,8 +68,7 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
 
 def make_optimizer(config: ml_collections.ConfigDict):
   """The config's optimizer and learning-rate schedule."""
-  return trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps, config.warmup_steps,
-                                config.schedule, clip_norm=config.clip_norm)
+  return trainer.optimizer_from_config(config)
 
 
 def uses_wishart(task: RegressionTask, sampler: str) -> bool:
@@ -114,21 +113,6 @@ def eval_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_003)
 
 
-def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  path = os.path.join(workdir, "config.json")
-  if overwrite:
-    files.remove(workdir, _OUTPUTS)
-  wanted = config.to_dict()
-  if os.path.exists(path):
-    held = files.read_json(path)
-    differ = sorted(k for k in set(wanted) | set(held)
-                    if k not in BOOKKEEPING_FIELDS and files.to_builtin(wanted.get(k)) != held.get(k))
-    if differ:
-      raise ConfigError(f"workdir={workdir!r} holds a run of a different config (fields {', '.join(differ)} "
-                        "differ): use a new --workdir or pass --overwrite")
-  files.write_json(path, wanted)
-
-
 class RunResult(NamedTuple):
   """What `icl_theory.train` returns: the summary.json dict, and what a notebook needs next."""
   summary: dict[str, Any]
@@ -142,10 +126,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   """Trains, compares with the theory, writes the workdir."""
   t_start = time.perf_counter()
   task = validate_config(config)
-  _prepare_workdir(workdir, config, overwrite)
+  files.claim_workdir(workdir, config.to_dict(), _OUTPUTS, BOOKKEEPING_FIELDS, overwrite)
   optimizer, lr_schedule = make_optimizer(config)
-  settings = trainer.LoopSettings(steps=config.steps, log_every=config.log_every,
-                                  checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints)
+  settings = trainer.LoopSettings.from_config(config)
   reference = float(jax.jit(theory.optimal_risk)(task)) if task.is_gaussian else None  # one compile, not ten
   logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
                task.d, task.n, workdir)
