@@ -4,7 +4,7 @@ r"""One LSA layer on in-context linear regression (Mahankali, Hashimoto, Ma 2023
 
 Expect, for this isotropic default (d=5, n=20, no noise), Gamma_eff = eta* I
 with eta* = n / (n + d + 1) = 0.769, gamma_rel_error below 0.01, and a final
-loss at R* = d (d + 1) / (n + d + 1) = 1.154, in well under a minute on 2 CPU cores.
+loss at R* = d (d + 1) / (n + d + 1) = 1.154, in about 10 seconds on 2 CPU cores.
 """
 
 import ml_collections
