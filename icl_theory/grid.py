@@ -13,7 +13,6 @@ with the same table.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import io
@@ -82,7 +81,6 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[GridRun]:
 def validate_sweep_config(config: ml_collections.ConfigDict) -> list[GridRun]:
   """Checks the base config and every grid point before anything is compiled; returns the grid."""
   runs = expand_grid(config)
-  check_int("parallel_groups", config.get("parallel_groups", 0), 0)
   for run in runs:
     try:
       lsa_regression.validate_config(run.config(config.base))
@@ -123,24 +121,11 @@ def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_d
   return rows
 
 
-def parallel_groups(config: ml_collections.ConfigDict) -> int:
-  """Groups trained at once: `config.parallel_groups`, or with 0 one per CPU core on a CPU backend.
-
-  XLA runs each CPU program on one thread, so on CPUs two groups (or one group's
-  evaluation beside another's training) use two cores; an accelerator runs one.
-  """
-  wanted = check_int("parallel_groups", config.get("parallel_groups", 0), 0)
-  if wanted:
-    return wanted
-  return max(len(os.sched_getaffinity(0)), 1) if jax.default_backend() == "cpu" else 1
-
-
 def _check_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
   path = os.path.join(workdir, "sweep_config.json")
   if overwrite:
     files.remove(workdir, ("sweep_config.json", "groups", "results.csv", "figures"))
   wanted = files.to_builtin(config.to_dict())
-  wanted.pop("parallel_groups", None)  # how, not what: a different value may resume the sweep
   for field in lsa_regression.BOOKKEEPING_FIELDS:
     wanted["base"].pop(field, None)
   if os.path.exists(path) and files.read_json(path) != wanted:
@@ -171,31 +156,27 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
   groups: dict[str, list[GridRun]] = {}
   for run in runs:
     groups.setdefault(run.group, []).append(run)
-  workers = min(parallel_groups(config), len(groups))
-  logging.info("Sweep of %d runs in %d groups (%d device(s), %d group(s) at a time) into %s", len(runs),
-               len(groups), jax.device_count(), workers, workdir)
+  logging.info("Sweep of %d runs in %d groups (%d device(s)) into %s", len(runs), len(groups),
+               jax.device_count(), workdir)
   rows_by_id: dict[GridRun, dict] = {}
   t_start, trained = time.perf_counter(), 0
-
-  def finish(name: str) -> tuple[str, list[dict[str, Any]], bool]:
+  # One group at a time: two groups in threads used both CPU cores, but XLA's CPU runtime
+  # then deadlocked (a sweep hung at 2% CPU).
+  for name, group in groups.items():
     rows_path = os.path.join(workdir, "groups", name, "rows.json")
-    if os.path.exists(rows_path):
-      return name, files.read_json(rows_path), False
-    rows = _train_group(config, groups[name], os.path.dirname(rows_path))
-    files.write_json(rows_path, rows)
-    return name, rows, True
-
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    for future in concurrent.futures.as_completed([pool.submit(finish, name) for name in groups]):
-      name, rows, fresh = future.result()
-      for run, row in zip(groups[name], rows):
-        rows_by_id[run] = row
-      trained += len(rows) if fresh else 0
-      elapsed = time.perf_counter() - t_start
-      left = len(runs) - len(rows_by_id)
-      eta = elapsed / trained * left if trained else math.nan
-      logging.info("sweep: %d/%d runs done (group %s) | %.0f s | ETA %s", len(rows_by_id), len(runs), name,
-                   elapsed, "-" if math.isnan(eta) else trainer.format_eta(eta))
+    fresh = not os.path.exists(rows_path)
+    if fresh:
+      rows = _train_group(config, group, os.path.dirname(rows_path))
+      files.write_json(rows_path, rows)
+      trained += len(group)
+    else:
+      rows = files.read_json(rows_path)
+    for run, row in zip(group, rows):
+      rows_by_id[run] = row
+    elapsed = time.perf_counter() - t_start
+    eta = elapsed / trained * (len(runs) - len(rows_by_id)) if trained else math.nan
+    logging.info("sweep: %d/%d runs done (group %s) | %.0f s | ETA %s", len(rows_by_id), len(runs), name,
+                 elapsed, "-" if math.isnan(eta) else trainer.format_eta(eta))
   rows = [rows_by_id[run] for run in runs]
   write_results_csv(rows, os.path.join(workdir, "results.csv"))
   plotting.plot_sweep(rows, os.path.join(workdir, "figures"))

@@ -158,8 +158,8 @@ def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointM
 class _OrbaxInfoFilter(pylogging.Filter):
   """Orbax logs every save at INFO through absl: keep the console to our progress lines.
 
-  A filter on the handler rather than a verbosity switch, which is global state
-  that groups trained in parallel threads would race on.
+  A filter on the handler rather than a verbosity switch: no global state to
+  save and restore around every save.
   """
 
   def filter(self, record: pylogging.LogRecord) -> bool:

@@ -112,7 +112,7 @@ def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
   assert one.returncode == 0, one.stderr
   four = subprocess.run(_sweep_command(tmp_path / "four"), cwd=REPO, capture_output=True, text=True, env=env)
   assert four.returncode == 0, four.stderr
-  assert "(4 device(s)," in four.stderr
+  assert "(4 device(s))" in four.stderr
   _assert_same_table(tmp_path / "four" / "results.csv", tmp_path / "one" / "results.csv")
 
   # Killed (SIGKILL) in the middle of the second group, after one of its checkpoints; then resumed.

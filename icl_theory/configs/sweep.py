@@ -37,7 +37,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.noise_std_values = (0.5,)      # response noise levels (> 0 keeps ridge and OLS off zero risk)
   config.response_values = ("linear",)  # responses
   config.num_seeds = 3                  # seeds base.seed, base.seed + 1, ...
-
-  # How (not what): groups trained at once; 0 = one per CPU core on CPUs, 1 on an accelerator.
-  config.parallel_groups = 0
   return config
