@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import io
+import os
 
 import matplotlib
 import matplotlib.ticker
@@ -204,3 +205,86 @@ def plot_classification_run(summary: dict[str, Any], history: Sequence[dict], pa
   ax_len.set_xticks(lengths, [str(n) for n in lengths])
   ax_len.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   _save(fig, path)
+
+
+def _mean_by(table: Sequence[dict], group: str, x: str, y: str) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
+  """For each value of `group`: the sorted x values and the mean of y over the rows (seeds) at each."""
+  out = {}
+  for g in sorted({row[group] for row in table}, key=str):
+    rows = [row for row in table if row[group] == g and row[y] is not None]
+    xs = np.array(sorted({row[x] for row in rows}), dtype=float)
+    out[g] = xs, np.array([np.mean([row[y] for row in rows if row[x] == v]) for v in xs])
+  return out
+
+
+def plot_isotropic_claim(table: Sequence[dict], directory: str) -> None:
+  """step_size_vs_n.png (learned eta against eta*, and the off-diagonal mass) and risk_vs_n.png."""
+  sigmas = sorted({row["noise_std"] for row in table})
+  colors = dict(zip(sigmas, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+  fig, (ax_eta, ax_off) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for sigma, (ns, eta) in _mean_by(table, "noise_std", "n", "learned_eta").items():
+    rows = [row for row in table if row["noise_std"] == sigma]
+    ax_eta.scatter([r["n"] for r in rows], [r["learned_eta"] for r in rows], color=colors[sigma], s=18,
+                   label=f"learned, sigma={sigma:g}")
+    fine = np.geomspace(ns.min(), ns.max(), 200)
+    d = rows[0]["d"]
+    ax_eta.plot(fine, fine / (fine + d + 1 + sigma**2), color=colors[sigma], lw=1,
+                label=f"eta* = n/(n+d+1+sigma^2), sigma={sigma:g}")
+    ax_off.scatter([r["n"] for r in rows], [r["offdiag_mass"] for r in rows], color=colors[sigma], s=18,
+                   label=f"sigma={sigma:g}")
+  ax_eta.set(xscale="log", xlabel="context length n", ylabel="step size (mean diagonal of Gamma_eff)",
+             title="Isotropic data: the layer is one GD step with eta*")
+  ax_eta.legend(fontsize=7)
+  ax_off.set(xscale="log", yscale="log", xlabel="context length n",
+             ylabel="||offdiag(Gamma_eff)|| / ||Gamma_eff||", title="Off-diagonal mass (theory: 0)")
+  ax_off.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "step_size_vs_n.png"))
+
+  fig, axes = plt.subplots(1, len(sigmas), figsize=(4.2 * len(sigmas), 4.2), squeeze=False)
+  for ax, sigma in zip(axes[0], sigmas):
+    rows = [row for row in table if row["noise_std"] == sigma]
+    means = {key: _mean_by(rows, "noise_std", "n", key)[sigma]
+             for key in ("optimal_risk", "one_step_gd_risk", "ridge_risk", "ols_risk")}
+    ax.plot(*means["one_step_gd_risk"], color="k", lw=1.5, label="one-step GD at eta* (= R*)")
+    ax.plot(*means["ridge_risk"], color="tab:green", lw=1, ls="--", label="ridge / Bayes")
+    if means["ols_risk"][0].size:
+      ax.plot(*means["ols_risk"], color="tab:red", lw=1, ls=":", marker=".", label="OLS (finite mean only)")
+    ax.scatter([r["n"] for r in rows], [r["model_risk_mc"] for r in rows], color="tab:blue", s=18, zorder=3,
+               label="trained layer (Monte Carlo)")
+    ax.set(xscale="log", yscale="log", xlabel="context length n", ylabel="risk E[(y_hat - y)^2]",
+           title=f"sigma = {sigma:g}")
+    if sigma == 0:  # noiseless: ridge and OLS interpolate once n >= d, risk 0 (off a log axis)
+      ax.set_ylim(bottom=0.1)
+      ax.text(0.03, 0.03, "ridge and OLS: risk 0 for n >= d", transform=ax.transAxes, fontsize=7)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "risk_vs_n.png"))
+
+
+def plot_preconditioned_claim(table: Sequence[dict], directory: str) -> None:
+  """preconditioner_vs_condition.png: Gamma_eff against its closed form, and plain GD's excess risk."""
+  fig, (ax_err, ax_risk) = plt.subplots(1, 2, figsize=(11, 4.2))
+  markers = {"inverse": "o", "identity": "s"}
+  for cov_w in ("inverse", "identity"):
+    rows = [row for row in table if row["cov_w"] == cov_w]
+    if not rows:
+      continue
+    ax_err.scatter([r["condition"] for r in rows], [r["gamma_rel_error"] for r in rows], marker=markers[cov_w],
+                   s=22, label=f"cov_w = {'cov_x^-1' if cov_w == 'inverse' else 'I'}: ||Gamma_eff - Gamma*|| / ||Gamma*||")
+    if cov_w == "inverse":
+      ax_err.scatter([r["condition"] for r in rows], [r["gamma_cov_x_rel_error"] for r in rows], marker="x", s=22,
+                     label="cov_w = cov_x^-1: ||Gamma_eff cov_x - eta* I|| / ||eta* I||")
+    ax_risk.scatter([r["condition"] for r in rows], [r["learned_excess"] for r in rows], marker=markers[cov_w],
+                    s=22, label=f"trained layer, cov_w = {'cov_x^-1' if cov_w == 'inverse' else 'I'}")
+    conditions, gd = _mean_by(rows, "cov_w", "condition", "plain_gd_excess")[cov_w]
+    ax_risk.plot(conditions, gd, lw=1, marker=".",
+                 label=f"best plain GD step, cov_w = {'cov_x^-1' if cov_w == 'inverse' else 'I'}")
+  ax_err.set(xscale="log", yscale="log", xlabel="condition number of cov_x (rotated)",
+             ylabel="relative Frobenius error", title="The layer against the preconditioned-GD optimum")
+  ax_err.legend(fontsize=7)
+  ax_risk.set(xscale="log", xlabel="condition number of cov_x (rotated)",
+              ylabel="risk / R* - 1", title="Excess risk over R* (theory: 0 for the layer)")
+  ax_risk.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "preconditioner_vs_condition.png"))

@@ -1,0 +1,147 @@
+r"""The LSA paper's claims as tables and figures under results/lsa/ (Mahankali, Hashimoto, Ma 2023).
+
+    python3 scripts/lsa_paper.py [--claim=isotropic,preconditioned] [--out=results/lsa] [--workdir=DIR]
+
+isotropic/       one step of GD: over n (2 to 128) and sigma in {0, 0.5, 1}, the
+                 learned step size (mean diagonal of Gamma_eff) against
+                 eta* = n/(n+d+1+sigma^2), the off-diagonal mass, and the risk of
+                 the trained layer beside one-step GD at eta*, ridge/Bayes and OLS.
+preconditioned/  preconditioned GD: over the condition number of cov_x (1 to 100,
+                 rotated), Gamma_eff cov_x against eta* I for cov_w = cov_x^-1, and
+                 Gamma_eff against n[(n+1) cov_x + (tr cov_x + sigma^2) I]^-1 for
+                 cov_w = I, with the best plain GD step's risk beside R*.
+
+Each claim is one sweep (icl_theory.sweep): with --workdir it resumes after a
+kill; without, it trains in a temporary folder and copies only the tables and
+figures. Each takes a few minutes on 2 CPU cores.
+"""
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from absl import app, flags, logging
+
+import icl_theory
+from icl_theory import files, plotting
+from icl_theory.configs import sweep
+
+CLAIMS = ("isotropic", "preconditioned")
+_CLAIM = flags.DEFINE_list("claim", list(CLAIMS), f"Which claims: a subset of {','.join(CLAIMS)}.")
+_OUT = flags.DEFINE_string("out", os.path.join("results", "lsa"), "Folder for the result folders.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the sweeps here (resumable); default: a temporary folder.")
+
+D = 5
+CONDITIONS = (1, 3, 10, 30, 100)
+
+
+def isotropic_grid():
+  grid = sweep.get_config()
+  grid.base.update(d=D, steps=3000, batch_size=1024, eval_samples=20_000)
+  grid.n_values = (2, 3, 5, 8, 13, 20, 32, 50, 80, 128)
+  grid.cov_x_values, grid.cov_w_values = ("identity",), ("identity",)
+  grid.noise_std_values = (0.0, 0.5, 1.0)
+  grid.num_seeds = 2
+  return grid
+
+
+def preconditioned_grid():
+  grid = sweep.get_config()
+  # Ill-conditioned cov_x trains slowly along its weak directions: many more steps.
+  grid.base.update(d=D, steps=16_000, batch_size=1024, eval_samples=20_000, log_every=2000, checkpoint_every=4000)
+  grid.n_values = (20,)
+  grid.cov_x_values = tuple(f"geometric:{c}@0" for c in CONDITIONS)
+  grid.cov_w_values = ("inverse", "identity")
+  grid.noise_std_values = (0.5,)
+  grid.num_seeds = 2
+  return grid
+
+
+def _write_csv(rows: list[dict], path: str) -> None:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+  writer.writeheader()
+  writer.writerows({k: (f"{v:.7g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+  files.atomic_write_text(path, buffer.getvalue())
+
+
+def isotropic_table(rows: list[dict]) -> list[dict]:
+  """Per run: learned and theoretical step size, off-diagonal mass, and the risks."""
+  table = []
+  for row in rows:
+    gamma = np.asarray(row["effective_gamma"], np.float64)
+    n, sigma = row["n"], row["noise_std"]
+    off = gamma - np.diag(np.diag(gamma))
+    finite_ols = sigma == 0 or not D <= n <= D + 1  # E[OLS risk] is infinite at n = d, d + 1 with noise
+    table.append({
+        "d": D, "n": n, "noise_std": sigma, "seed": row["seed"],
+        "learned_eta": float(np.diag(gamma).mean()), "eta_star": n / (n + D + 1 + sigma**2),
+        "offdiag_mass": float(np.linalg.norm(off) / np.linalg.norm(gamma)),
+        "gamma_rel_error": row["gamma_rel_error"],
+        "learned_risk": row["learned_risk"], "model_risk_mc": row["model_risk_mc"],
+        "model_risk_mc_stderr": row["model_risk_mc_stderr"], "optimal_risk": row["optimal_risk"],
+        "one_step_gd_risk": row["one_step_gd_risk"], "ridge_risk": row["ridge_risk"],
+        "ridge_risk_stderr": row["ridge_risk_stderr"],
+        "ols_risk": row["ols_risk"] if finite_ols else None,
+    })
+  return table
+
+
+def preconditioned_table(rows: list[dict]) -> list[dict]:
+  """Per run: the preconditioner against its closed form, and plain GD's risk against R*."""
+  table = []
+  for row in rows:
+    gamma = np.asarray(row["effective_gamma"], np.float64)
+    task = icl_theory.RegressionTask(d=D, n=row["n"], cov_x=row["cov_x"], cov_w=row["cov_w"],
+                                     noise_std=row["noise_std"])
+    cov_x = np.asarray(task.cov_x, np.float64)
+    eta_star = row["n"] / (row["n"] + D + 1 + row["noise_std"] ** 2)
+    product = gamma @ cov_x  # = eta* I when cov_w = cov_x^-1
+    table.append({
+        "condition": float(row["cov_x"].split(":")[1].split("@")[0]), "cov_w": row["cov_w"], "seed": row["seed"],
+        "gamma_rel_error": row["gamma_rel_error"],
+        "gamma_cov_x_rel_error": (float(np.linalg.norm(product - eta_star * np.eye(D)) / (eta_star * np.sqrt(D)))
+                                  if row["cov_w"] == "inverse" else None),
+        "learned_risk": row["learned_risk"], "optimal_risk": row["optimal_risk"],
+        "one_step_gd_risk": row["one_step_gd_risk"],
+        "plain_gd_excess": row["one_step_gd_risk"] / row["optimal_risk"] - 1,
+        "learned_excess": row["learned_risk"] / row["optimal_risk"] - 1,
+        "ridge_risk": row["ridge_risk"],
+    })
+  return table
+
+
+def run_claim(name: str, workdir: str, out: str) -> None:
+  grid = {"isotropic": isotropic_grid, "preconditioned": preconditioned_grid}[name]()
+  rows = icl_theory.sweep(grid, os.path.join(workdir, name))
+  target = os.path.join(out, name)
+  os.makedirs(target, exist_ok=True)
+  shutil.copyfile(os.path.join(workdir, name, "results.csv"), os.path.join(target, "sweep_results.csv"))
+  if name == "isotropic":
+    table = isotropic_table(rows)
+    plotting.plot_isotropic_claim(table, target)
+  else:
+    table = preconditioned_table(rows)
+    plotting.plot_preconditioned_claim(table, target)
+  _write_csv(table, os.path.join(target, f"{name}.csv"))
+  logging.info("%s: %d runs, max gamma_rel_error %.4f", name, len(rows),
+               max(r["gamma_rel_error"] for r in rows if r["gamma_rel_error"] is not None))
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  unknown = sorted(set(_CLAIM.value) - set(CLAIMS))
+  if unknown:
+    raise app.UsageError(f"claim={','.join(unknown)!r} is not allowed: a subset of {','.join(CLAIMS)}")
+  with tempfile.TemporaryDirectory() as tmp:
+    for name in _CLAIM.value:
+      run_claim(name, _WORKDIR.value or tmp, _OUT.value)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
