@@ -288,3 +288,36 @@ def plot_preconditioned_claim(table: Sequence[dict], directory: str) -> None:
   ax_risk.legend(fontsize=7)
   fig.tight_layout()
   _save(fig, os.path.join(directory, "preconditioner_vs_condition.png"))
+
+
+def plot_nonlinear_claim(table: Sequence[dict], directory: str) -> None:
+  """nonlinear.png: learned step size against eta_f per response, and the risks beside the best linear one."""
+  responses = list(dict.fromkeys(row["response"] for row in table))
+  ns = sorted({row["n"] for row in table})
+  fig, (ax_eta, ax_risk) = plt.subplots(1, 2, figsize=(12, 4.4))
+  width = 0.8 / len(ns)
+  for j, n in enumerate(ns):
+    x = np.arange(len(responses)) + (j - (len(ns) - 1) / 2) * width
+    eta_f = [np.mean([r["eta_f"] for r in table if r["response"] == resp and r["n"] == n]) for resp in responses]
+    ax_eta.bar(x, eta_f, width * 0.9, color="lightgray", edgecolor="k", label="eta_f (Monte Carlo)" if j == 0 else None)
+    for i, resp in enumerate(responses):
+      learned = [r["learned_eta"] for r in table if r["response"] == resp and r["n"] == n]
+      ax_eta.scatter([x[i]] * len(learned), learned, color=f"C{j}", zorder=3, s=20,
+                     label=f"learned, n={n}" if i == 0 else None)
+    for i, resp in enumerate(responses):
+      rows = [r for r in table if r["response"] == resp and r["n"] == n]
+      best = np.mean([r["best_linear_risk"] for r in rows])
+      ax_risk.scatter([x[i]] * len(rows), [r["model_risk_mc"] / best - 1 for r in rows], color=f"C{j}", s=20,
+                      zorder=3, label=f"trained layer, n={n}" if i == 0 else None)
+      ax_risk.scatter([x[i]], [np.mean([r["one_step_gd_risk"] for r in rows]) / best - 1], marker="_", s=200,
+                      color="k", label="one-step GD at eta_f" if i == 0 and j == 0 else None)
+  ax_eta.set_xticks(range(len(responses)), responses)
+  ax_eta.set(ylabel="step size (mean diagonal of Gamma_eff)", title="Nonlinear responses: still one GD step, eta_f")
+  ax_eta.legend(fontsize=7)
+  ax_risk.axhline(0, color="gray", lw=0.8)
+  ax_risk.set_xticks(range(len(responses)), responses)
+  ax_risk.set(ylabel="risk / best linear-predictor risk - 1",
+              title="Risk over the best predictor of the form x_q^T Gamma g")
+  ax_risk.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "nonlinear.png"))
