@@ -175,11 +175,15 @@ def _task_reference(task: RegressionTask, num_samples: int, gamma_mc_samples: in
 def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.ndarray]:
   """The distinct tasks among R stacked ones, and for each run the index of its task."""
   leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tasks)]
-  first: dict[bytes, int] = {}
-  index = np.array([first.setdefault(b"".join(leaf[r].tobytes() for leaf in leaves), len(first))
-                    for r in range(num_runs)])
-  keep = np.array([int(np.argmax(index == u)) for u in range(len(first))])
-  return jax.tree.map(lambda x: np.asarray(x)[keep], tasks), index
+  position: dict[bytes, int] = {}  # a task's bytes -> its index among the distinct ones
+  keep, index = [], []
+  for r in range(num_runs):
+    signature = b"".join(leaf[r].tobytes() for leaf in leaves)
+    if signature not in position:
+      position[signature] = len(keep)
+      keep.append(r)
+    index.append(position[signature])
+  return jax.tree.map(lambda x: np.asarray(x)[keep], tasks), np.array(index)
 
 
 def evaluate_group(params: Any, tasks: RegressionTask, keys: jax.Array, num_samples: int = DEFAULT_EVAL_SAMPLES,

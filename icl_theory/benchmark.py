@@ -171,16 +171,14 @@ def sweep(workdir: str, sequential_samples: int = 3) -> dict[str, Any]:
   steady = trainer_step_seconds(one) * one.steps
   # Single-run commands, as a user without the sweep would run them; a few of them, spread over n.
   picks = np.linspace(0, len(runs) - 1, sequential_samples).round().astype(int)
+  base = {k: config.base[k] for k in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_samples",
+                                      "gamma_mc_samples")}
   command_seconds = []
   for i, index in enumerate(picks):
     run = runs[index]
-    fields = {f"--config.{k}": v for k, v in dict(n=run.n, cov_x=run.cov_x, cov_w=run.cov_w,
-                                                     noise_std=run.noise_std, response=run.response,
-                                                     seed=run.seed).items()}
-    base = {f"--config.{k}": v for k, v in config.base.items() if k in ("steps", "batch_size", "log_every",
-                                                                         "checkpoint_every", "eval_samples",
-                                                                         "gamma_mc_samples")}
-    args = [f"{k}={v}" for k, v in {**base, **fields}.items()]
+    fields = dict(n=run.n, cov_x=run.cov_x, cov_w=run.cov_w, noise_std=run.noise_std, response=run.response,
+                  seed=run.seed)
+    args = [f"--config.{k}={v}" for k, v in {**base, **fields}.items()]
     seconds, _ = _timed_command(["icl_theory.main", f"--workdir={os.path.join(workdir, f'single_{i}')}", *args])
     command_seconds.append(seconds)
   sequential = float(np.mean(command_seconds)) * len(runs)

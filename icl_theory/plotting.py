@@ -222,8 +222,9 @@ def plot_isotropic_claim(table: Sequence[dict], directory: str) -> None:
   sigmas = sorted({row["noise_std"] for row in table})
   colors = dict(zip(sigmas, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
   fig, (ax_eta, ax_off) = plt.subplots(1, 2, figsize=(11, 4.2))
-  for sigma, (ns, eta) in _mean_by(table, "noise_std", "n", "learned_eta").items():
+  for sigma in sigmas:
     rows = [row for row in table if row["noise_std"] == sigma]
+    ns = np.array([row["n"] for row in rows], dtype=float)
     ax_eta.scatter([r["n"] for r in rows], [r["learned_eta"] for r in rows], color=colors[sigma], s=18,
                    label=f"learned, sigma={sigma:g}")
     fine = np.geomspace(ns.min(), ns.max(), 200)

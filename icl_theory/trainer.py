@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from icl_theory import files, sharding
+from icl_theory.validation import ConfigError, check_choice, check_float, check_int
 
 Params = Any
 
@@ -109,6 +110,23 @@ def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: in
   if clip_norm > 0:
     optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
   return optimizer, lr
+
+
+def validate_training_fields(config: Any) -> None:
+  """Checks a run config's optimisation and bookkeeping fields (ConfigError naming the field)."""
+  check_choice("optimizer", config.optimizer, ("adam", "sgd"))
+  check_float("learning_rate", config.learning_rate, minimum=0.0, strict=True)
+  check_float("clip_norm", config.clip_norm, minimum=0.0)
+  check_choice("schedule", config.schedule, ("cosine", "constant"))
+  check_int("warmup_steps", config.warmup_steps, 0)
+  check_int("batch_size", config.batch_size, 1)
+  steps = check_int("steps", config.steps, 1)
+  check_int("log_every", config.log_every, 1)
+  check_int("checkpoint_every", config.checkpoint_every, 0)
+  check_int("keep_checkpoints", config.keep_checkpoints, 1)
+  check_int("eval_samples", config.eval_samples, 2)
+  if config.schedule == "cosine" and config.warmup_steps >= steps:
+    raise ConfigError(f"warmup_steps={config.warmup_steps!r} is not allowed: fewer than steps={steps}")
 
 
 def optimizer_from_config(config: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:

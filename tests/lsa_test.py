@@ -31,6 +31,12 @@ def _matrix_form(params, x, y, x_query):
   return z[d, n]
 
 
+def _matrix_forms(params, prompts) -> list[float]:
+  """`_matrix_form` for every prompt of a batch."""
+  arrays = [np.asarray(a, np.float64) for a in (prompts.x, prompts.y, prompts.x_query)]
+  return [_matrix_form(params, *(a[b] for a in arrays)) for b in range(len(arrays[0]))]
+
+
 class LSATest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -41,8 +47,7 @@ class LSATest(parameterized.TestCase):
     params = _random_params(jax.random.PRNGKey(1), d, num_layers, scale=0.3)
     pred = self.variant(lsa.predict)(params, prompts)
     chex.assert_shape(pred, (batch,))
-    expected = [_matrix_form(params, *(np.asarray(a[b], np.float64) for a in (prompts.x, prompts.y, prompts.x_query)))
-                for b in range(batch)]
+    expected = _matrix_forms(params, prompts)
     np.testing.assert_allclose(pred, expected, rtol=1e-4, atol=1e-5)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -66,8 +71,7 @@ class LSATest(parameterized.TestCase):
     factor_DxNxB = jnp.transpose(jnp.concatenate([prompts.x, prompts.y[..., None]], axis=-1), (2, 1, 0))
     v_dxB = self.variant(lsa.query_readout, static_argnums=2)(params, factor_DxNxB, n)
     chex.assert_shape(v_dxB, (d, batch))
-    expected = [_matrix_form(params, *(np.asarray(a[b], np.float64) for a in (prompts.x, prompts.y, prompts.x_query)))
-                for b in range(batch)]
+    expected = _matrix_forms(params, prompts)
     np.testing.assert_allclose(jnp.einsum("db,bd->b", v_dxB, prompts.x_query), expected, rtol=1e-4, atol=1e-5)
 
   def test_query_is_masked_out_of_keys_and_values(self):

@@ -35,7 +35,7 @@ from icl_theory import files, plotting, trainer
 from icl_theory.models.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
 from icl_theory.tasks.classification import (ClassificationTask, check_alpha, majority_vote, num_same,
                                              prompt_tokens, sample_prompts, sample_prompts_by_count)
-from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
+from icl_theory.validation import check_float, check_int, fail
 
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints")
@@ -79,19 +79,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ClassificationTask:
   check_float("qk_init_scale", config.qk_init_scale)
   check_float("qk_init_noise", config.qk_init_noise, minimum=0.0)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
-  check_choice("optimizer", config.optimizer, ("adam", "sgd"))
-  check_float("learning_rate", config.learning_rate, minimum=0.0, strict=True)
-  check_float("clip_norm", config.clip_norm, minimum=0.0)
-  check_choice("schedule", config.schedule, ("cosine", "constant"))
-  check_int("warmup_steps", config.warmup_steps, 0)
-  check_int("batch_size", config.batch_size, 1)
-  steps = check_int("steps", config.steps, 1)
-  check_int("log_every", config.log_every, 1)
-  check_int("checkpoint_every", config.checkpoint_every, 0)
-  check_int("keep_checkpoints", config.keep_checkpoints, 1)
-  check_int("eval_samples", config.eval_samples, 2)
-  if config.schedule == "cosine" and config.warmup_steps >= steps:
-    raise ConfigError(f"warmup_steps={config.warmup_steps!r} is not allowed: fewer than steps={steps}")
+  trainer.validate_training_fields(config)
   return build_task(config)
 
 

@@ -44,25 +44,13 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   check_int("num_layers", config.num_layers, 1)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
   check_float("vanishing_init_scale", config.vanishing_init_scale, minimum=0.0)
-  check_choice("optimizer", config.optimizer, ("adam", "sgd"))
-  check_float("learning_rate", config.learning_rate, minimum=0.0, strict=True)
-  check_float("clip_norm", config.clip_norm, minimum=0.0)
-  check_choice("schedule", config.schedule, ("cosine", "constant"))
-  check_int("warmup_steps", config.warmup_steps, 0)
-  check_int("batch_size", config.batch_size, 1)
-  steps = check_int("steps", config.steps, 1)
+  trainer.validate_training_fields(config)
   check_int("seed", config.seed, 0)
-  check_int("log_every", config.log_every, 1)
-  check_int("checkpoint_every", config.checkpoint_every, 0)
-  check_int("keep_checkpoints", config.keep_checkpoints, 1)
   check_choice("sampler", config.sampler, SAMPLERS)
   if config.sampler == "wishart" and not task.is_gaussian:
     raise ConfigError(f"sampler='wishart' is not allowed with response={config.response!r}: "
                       "it needs jointly Gaussian data (response='linear'); use 'auto' or 'tokens'")
-  check_int("eval_samples", config.eval_samples, 2)
   check_int("gamma_mc_samples", config.gamma_mc_samples, 2)
-  if config.schedule == "cosine" and config.warmup_steps >= steps:
-    raise ConfigError(f"warmup_steps={config.warmup_steps!r} is not allowed: fewer than steps={steps}")
   return task
 
 

@@ -24,14 +24,17 @@ def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return threefry_2x32(raw, jnp.arange(size + size % 2, dtype=jnp.uint32))[:size].reshape(shape)
 
 
+def _one_to_two(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """U[1, 2) float32: 23 random mantissa bits under the exponent of 1, as jax.random does."""
+  return jax.lax.bitcast_convert_type((_bits(key, shape) >> 9) | np.uint32(0x3F800000), jnp.float32)
+
+
 def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """U(0, 1) float32 from the top 23 bits of each word, as jax.random.uniform (0 excluded here)."""
-  one_to_two = jax.lax.bitcast_convert_type((_bits(key, shape) >> 9) | np.uint32(0x3F800000), jnp.float32)
-  return jnp.maximum(one_to_two - 1.0, jnp.finfo(jnp.float32).tiny)
+  return jnp.maximum(_one_to_two(key, shape) - 1.0, jnp.finfo(jnp.float32).tiny)
 
 
 def normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """N(0, 1) float32 by the inverse error function, as jax.random.normal."""
-  one_to_two = jax.lax.bitcast_convert_type((_bits(key, shape) >> 9) | np.uint32(0x3F800000), jnp.float32)
-  u = jnp.maximum(np.nextafter(np.float32(-1.0), np.float32(0.0)), 2.0 * one_to_two - 3.0)
+  u = jnp.maximum(np.nextafter(np.float32(-1.0), np.float32(0.0)), 2.0 * _one_to_two(key, shape) - 3.0)
   return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
