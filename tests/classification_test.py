@@ -125,6 +125,7 @@ def test_workdir_of_another_training_config_is_refused(trained):
     ("test_prompt_lens", ()), ("test_prompt_lens", (10, 0)), ("test_alphas", (0.5, 1.5)), ("test_s1s", (0.0,)),
     ("eval_samples", 1), ("batch_size", 0), ("steps", 0), ("learning_rate", 0.0), ("optimizer", "lbfgs"),
     ("schedule", "step"), ("warmup_steps", 5000), ("seed", -1), ("checkpoint_every", -1),
+    ("model", "bert"), ("model", None), ("num_layers", 0), ("num_heads", 0), ("width", 63), ("mlp_ratio", 0),
 ])
 def test_bad_config_names_the_field(field, value):
   with pytest.raises(icl_theory.ConfigError, match=f"^{field}=") as error:
@@ -144,3 +145,46 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path, flag, na
   assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], proc.stderr
   assert not os.path.exists(tmp_path / "summary.json")
 
+
+
+# The GPT-2-style model through the same experiment: 3 layers, 2 heads, a narrow width, Adam.
+_GPT_STEPS = 400
+_GPT = dict(model="gpt", width=32, optimizer="adam", learning_rate=1e-3, steps=_GPT_STEPS, checkpoint_every=_GPT_STEPS,
+            eval_samples=1024, test_alphas=(0.3,), test_s1s=(1.0,))
+
+
+@pytest.fixture(scope="module")
+def trained_gpt(tmp_path_factory) -> Trained:
+  workdir = str(tmp_path_factory.mktemp("classification_gpt"))
+  result = icl_theory.train(_config(**_GPT), workdir)
+  return Trained(result.summary, workdir, "", "")
+
+
+def test_a_short_gpt_run_classifies_unseen_tasks_better_than_the_majority(trained_gpt):
+  summary = trained_gpt.summary
+  assert summary["config"]["model"] == "gpt" and summary["steps"] == _GPT_STEPS
+  # alpha' = 1/2: majority vote is a coin (0.5); the transformer classifies tasks it never saw.
+  assert summary["unseen_task_majority_vote_error"] == 0.5
+  assert summary["train_task_error"] < 0.15
+  assert summary["unseen_task_error"] < 0.3
+  # alpha' = 0.3: the majority is always wrong; the transformer is still mostly right.
+  row, = summary["error_by_alpha_test"]
+  assert row["unseen_task_majority_vote_error"] == 1.0 and row["unseen_task_error"] < 0.35
+  # The query's last-layer attention is a distribution over the contexts: its same-pattern share is a fraction.
+  for prefix in ("train_task", "unseen_task", "ood"):
+    assert 0.0 <= summary[f"{prefix}_attention_same"] <= 1.0
+
+
+def test_gpt_summary_keeps_every_key_and_has_no_neuron_alignment(trained, trained_gpt):
+  assert set(trained_gpt.summary) == set(trained.summary)
+  assert trained_gpt.summary["large_neurons_cos_mean_idr"] is None
+  assert trained_gpt.summary["large_neurons_cos_signed_q"] is None
+  text = experiments.format_summary(trained_gpt.summary)
+  assert "GPT-2-style transformer (3 layers, 2 heads, width 32" in text and "large neurons" not in text
+  assert "softmax attention + MLP (m=64)" in experiments.format_summary(trained.summary)
+  assert os.path.exists(os.path.join(trained_gpt.workdir, "classification.png"))
+
+
+def test_a_workdir_of_the_other_model_is_refused(trained_gpt):
+  with pytest.raises(icl_theory.ConfigError, match=r"fields .*model.* differ"):
+    icl_theory.train(_config(**{**_GPT, "model": "softmax_mlp"}), trained_gpt.workdir)

@@ -32,11 +32,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.alpha = 0.5             # fraction of contexts sharing the query's pattern, (0, 1], rounded half up
   config.prompt_len = 20         # contexts per prompt
 
-  # The model (icl_theory.models.softmax_mlp.SoftmaxMLP).
+  # The model: softmax_mlp (icl_theory.models.softmax_mlp.SoftmaxMLP, the theory's one layer) | gpt (the
+  # GPT-2-style icl_theory.models.transformer.Transformer; train it with optimizer=adam, learning_rate=1e-3).
+  config.model = "softmax_mlp"
+  # softmax_mlp only:
   config.m = 64                  # MLP neurons (even: a_i = +1/m for half, -1/m for the rest, fixed)
   config.qk_init_scale = 0.3     # W_Q, W_K start at this times I ... (THEORY: picks the paper's mechanism)
   config.qk_init_noise = 0.01    # ... plus N(0, this^2) entries
   config.init_scale = 1.0        # W_V, W_O entries start N(0, init_scale^2 / (d_x + d_y))
+  # gpt only (pre-LayerNorm blocks, no positions: the prompt is a set):
+  config.num_layers = 3          # transformer blocks
+  config.num_heads = 2           # attention heads per block (they split the width)
+  config.width = 64              # residual-stream width, a multiple of num_heads
+  config.mlp_ratio = 4           # MLP hidden width = mlp_ratio * width (GELU)
 
   # Optimisation: hinge loss max(0, 1 - y F(P)) on fresh prompts of the training tasks.
   config.optimizer = "sgd"       # sgd (momentum 0.9) | adam

@@ -1,4 +1,9 @@
-"""Softmax attention + MLP on in-context classification: config -> task -> model -> trainer -> errors -> workdir.
+"""In-context classification: config -> task -> model -> trainer -> errors -> workdir.
+
+The model is the theory's one-layer softmax attention + MLP (`model='softmax_mlp'`)
+or the paper's deeper check, a GPT-2-style transformer (`model='gpt'`,
+icl_theory.models.transformer); both take the same tokens and return F(P) and
+the query's attention over the contexts, so training and evaluation are shared.
 
 `run(config, workdir)` trains with the hinge loss on prompts of the training
 tasks and writes, in `workdir`:
@@ -6,7 +11,7 @@ tasks and writes, in `workdir`:
                       vote's error and the attention on same-pattern contexts on
                       training tasks, unseen tasks and out of domain; the same by
                       test prompt length, by alpha' and (out of domain) by s1;
-                      the large neurons' alignment; steps, timings
+                      the large neurons' alignment (softmax_mlp; None for gpt); steps, timings
   metrics.jsonl       one row per logging point (step, loss, learning rate, speed)
   classification.png  the loss curve, and the error against test prompt length and alpha'
   checkpoints/        orbax checkpoints; rerunning with the same workdir resumes
@@ -32,10 +37,12 @@ import numpy as np
 from absl import logging
 
 from icl_theory import files, plotting, trainer
+from icl_theory.models import transformer
 from icl_theory.models.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
+from icl_theory.models.transformer import Transformer
 from icl_theory.tasks.classification import (ClassificationTask, check_alpha, majority_vote, num_same,
                                              prompt_tokens, sample_prompts, sample_prompts_by_count)
-from icl_theory.validation import check_float, check_int, fail
+from icl_theory.validation import check_choice, check_float, check_int, fail
 
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints")
@@ -46,6 +53,9 @@ _OUTPUTS = ("summary.json", "metrics.jsonl", "classification.png", "config.json"
 PREFIXES = {"train": "train_task", "unseen": "unseen_task", "ood": "ood"}
 _EVAL_CHUNK = 4096  # prompts per evaluation step (bounds the evaluation's memory)
 _LARGE_NEURON_FRACTION = 0.25  # the neurons with the largest |W_O W_V| rows, for the alignment figures
+# config.model: the one-layer model of the theory, or the deeper GPT-2-style transformer of the paper's Fig. 3a.
+MODELS = ("softmax_mlp", "gpt")
+Model = SoftmaxMLP | Transformer
 
 
 def build_task(config: ml_collections.ConfigDict) -> ClassificationTask:
@@ -73,19 +83,34 @@ def validate_config(config: ml_collections.ConfigDict) -> ClassificationTask:
   _check_list("test_prompt_lens", config.test_prompt_lens, lambda f, v: check_int(f, v, 1))
   _check_list("test_alphas", config.test_alphas, check_alpha)
   _check_list("test_s1s", config.test_s1s, lambda f, v: check_float(f, v, minimum=0.0, strict=True))
+  # Both models' fields are checked whichever is chosen: a config is valid or not as a whole.
+  check_choice("model", config.model, MODELS)
   m = check_int("m", config.m, 2)
   if m % 2:
     raise fail("m", config.m, "an even integer >= 2 (a_i = +1/m for half the neurons, -1/m for the rest)")
   check_float("qk_init_scale", config.qk_init_scale)
   check_float("qk_init_noise", config.qk_init_noise, minimum=0.0)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
+  transformer.check_fields(config.num_layers, config.num_heads, config.width, config.mlp_ratio)
   trainer.validate_training_fields(config)
   return build_task(config)
 
 
-def make_model(config: ml_collections.ConfigDict) -> SoftmaxMLP:
+def make_model(config: ml_collections.ConfigDict) -> Model:
+  """The config's model: SoftmaxMLP (`model='softmax_mlp'`) or the GPT-2-style Transformer (`'gpt'`)."""
+  if config.model == "gpt":
+    return Transformer(num_layers=config.num_layers, num_heads=config.num_heads, width=config.width,
+                       mlp_ratio=config.mlp_ratio)
   return SoftmaxMLP(m=config.m, qk_init_scale=config.qk_init_scale, qk_init_noise=config.qk_init_noise,
                     init_scale=config.init_scale)
+
+
+def describe_model(config: ml_collections.ConfigDict | dict[str, Any]) -> str:
+  """The config's model and its size in words (a ConfigDict, or summary.json's config dict)."""
+  if config.get("model", "softmax_mlp") == "gpt":
+    return (f"GPT-2-style transformer ({config['num_layers']} layers, {config['num_heads']} heads, "
+            f"width {config['width']}, MLP {config['mlp_ratio']}x)")
+  return f"softmax attention + MLP (m={config['m']})"
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -125,13 +150,13 @@ def _half_error(prediction_B: jax.Array, y_B: jax.Array) -> jax.Array:
 class Evaluator:
   """Monte Carlo errors of one model; one compiled program per (prompt length, domain), reused across alpha and s1."""
 
-  def __init__(self, model: SoftmaxMLP, num_samples: int):
+  def __init__(self, model: Model, num_samples: int):
     self.chunk = min(num_samples, _EVAL_CHUNK)
     self.num_chunks = -(-num_samples // self.chunk)
     self.num_samples = self.chunk * self.num_chunks  # rounded up to whole chunks
     self._sums = jax.jit(functools.partial(self._sums_impl, model), static_argnums=(4, 5))
 
-  def _sums_impl(self, model: SoftmaxMLP, params: Any, task: ClassificationTask, key: jax.Array, same: jax.Array,
+  def _sums_impl(self, model: Model, params: Any, task: ClassificationTask, key: jax.Array, same: jax.Array,
                  prompt_len: int, domain: str) -> jax.Array:
     def chunk_sums(key):
       prompts = sample_prompts_by_count(key, task, self.chunk, prompt_len, same, domain)
@@ -202,14 +227,17 @@ def evaluate(params: Any, task: ClassificationTask, config: ml_collections.Confi
   out["ood_error_by_s1"] = [{"s1": float(s1), "alpha_test": float(a),
                              **row(l_test, float(a), ("ood",), task.with_s1(float(s1)))}
                             for s1 in config.test_s1s for a in config.test_alphas]
-  out.update(neuron_alignment(params, task))
+  if config.model == "softmax_mlp":
+    out.update(neuron_alignment(params, task))
+  else:  # the transformer has no W_O W_V rows: the keys stay, empty
+    out.update(large_neurons_cos_mean_idr=None, large_neurons_cos_signed_q=None)
   return out
 
 
 class RunResult(NamedTuple):
   """What `icl_theory.train` returns for 'classification'."""
   summary: dict[str, Any]
-  params: Any               # the trained SoftmaxMLP's parameters
+  params: Any               # the trained model's parameters (SoftmaxMLP or Transformer, per config.model)
   task: ClassificationTask  # the patterns and task split
   history: list[dict]       # the metrics.jsonl rows
   workdir: str
@@ -222,8 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   files.claim_workdir(workdir, config.to_dict(), _OUTPUTS, BOOKKEEPING_FIELDS + EVALUATION_FIELDS, overwrite)
   optimizer, lr_schedule = make_optimizer(config)
   settings = trainer.LoopSettings.from_config(config)
-  logging.info("Training softmax attention + MLP (m=%d) on %d training tasks of M1=%d patterns, alpha=%g, l=%d, "
-               "into %s", config.m, len(task.train_pairs), task.M1, config.alpha, config.prompt_len, workdir)
+  logging.info("Training a %s on %d training tasks of M1=%d patterns, alpha=%g, l=%d, into %s",
+               describe_model(config), len(task.train_pairs), task.M1, config.alpha, config.prompt_len, workdir)
   result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task, workdir)
   params = result.state.params
   t_eval = time.perf_counter()
@@ -286,9 +314,12 @@ def format_summary(summary: dict[str, Any]) -> str:
   lines += ["", f"ood error by s1 (rows) and alpha' (columns), l={config['test_prompt_len']}",
             "  " + " " * 10 + "".join(f"{a:>10g}" for a in alphas)]
   lines += [f"  {f's1={s:g}':10s}" + "".join(f"{ood[(s, a)]:10.4f}" for a in alphas) for s in s1s]
-  lines += ["", f"large neurons of W_O W_V: cosine with the mean IDR pattern "
-                f"{summary['large_neurons_cos_mean_idr']:.3f}, with sign(a_i) q {summary['large_neurons_cos_signed_q']:.3f}",
-            "",
+  if summary["large_neurons_cos_mean_idr"] is not None:
+    lines += ["", f"large neurons of W_O W_V: cosine with the mean IDR pattern "
+                  f"{summary['large_neurons_cos_mean_idr']:.3f}, with sign(a_i) q "
+                  f"{summary['large_neurons_cos_signed_q']:.3f}"]
+  lines += ["",
+            f"model: {describe_model(config)}",
             f"{summary['steps']} steps, final loss {num(summary['final_train_loss'])}, "
             f"{num(summary['prompts_per_second'], '.3g')} prompts/s, {summary['wall_seconds']:.1f} s wall "
             f"({summary['compile_seconds']:.1f} s compiling, {summary['eval_seconds']:.1f} s evaluating)"]
