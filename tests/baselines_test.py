@@ -13,6 +13,7 @@ import numpy as np
 from icl_theory import baselines
 from icl_theory import theory
 from icl_theory.tasks.regression import Prompts, RegressionTask, sample_prompts
+from icl_theory.validation import ConfigError
 
 _Z = 4.0
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -134,6 +135,144 @@ class RiskTest(absltest.TestCase):
       diff = rival - ridge
       mean, stderr = diff.mean(), diff.std(ddof=1) / math.sqrt(diff.size)
       self.assertGreater(mean, _Z * stderr, (name, mean, stderr))
+
+
+
+def _gd_closed_form(prompts: Prompts, lr: float, steps: int, precond: np.ndarray | None = None) -> np.ndarray:
+  """x_query^T (I - (I - lr P Sh)^k) Sh^-1 g in float64: k GD steps from 0 summed as a geometric series."""
+  x, y, xq = _f64(prompts.x), _f64(prompts.y), _f64(prompts.x_query)
+  n, d = x.shape[1], x.shape[2]
+  p = np.eye(d) if precond is None else _f64(precond)
+  out = []
+  for b in range(x.shape[0]):
+    sh, g = x[b].T @ x[b] / n, x[b].T @ y[b] / n
+    contraction = np.linalg.matrix_power(np.eye(d) - lr * p @ sh, steps)
+    out.append(xq[b] @ (np.eye(d) - contraction) @ np.linalg.solve(sh, g))
+  return np.array(out)
+
+
+class MultiStepGDTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_one_step_is_one_step_gd(self):
+    task = _task()
+    prompts = sample_prompts(jax.random.PRNGKey(6), task, _FEW)
+    lr, precond = 0.41, jnp.asarray(np.linalg.inv(_f64(task.cov_x)), jnp.float32)
+    multi = self.variant(baselines.multi_step_gd, static_argnums=2)
+    one = multi(prompts, lr, 1)
+    chex.assert_shape(one, (_FEW,))
+    scale = float(jnp.abs(one).max())
+    chex.assert_trees_all_close(one, baselines.one_step_gd(prompts, lr), atol=10 * _EPS32 * scale)
+    pre = multi(prompts, lr, 1, precond)
+    chex.assert_trees_all_close(pre, baselines.preconditioned_gd(prompts, lr * precond),
+                                atol=10 * _EPS32 * float(jnp.abs(pre).max()))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_k_steps_are_the_geometric_series(self):
+    # n > d: Sh is invertible and w_k = (I - (I - lr P Sh)^k) Sh^-1 g exactly.
+    task = _task(n=12)
+    prompts = sample_prompts(jax.random.PRNGKey(7), task, _FEW)
+    precond = np.diag([1.0, 0.5, 2.0])
+    multi = self.variant(baselines.multi_step_gd, static_argnums=2)
+    for steps, p in ((2, None), (5, None), (5, precond)):
+      got = _f64(multi(prompts, 0.15, steps, None if p is None else jnp.asarray(p, jnp.float32)))
+      expected = _gd_closed_form(prompts, 0.15, steps, p)
+      np.testing.assert_allclose(got, expected, atol=100 * _EPS32 * np.abs(expected).max(), err_msg=str(steps))
+
+  def test_per_step_sizes_and_trailing_zero_steps(self):
+    prompts = sample_prompts(jax.random.PRNGKey(8), _task(), _FEW)
+    two = baselines.multi_step_gd(prompts, jnp.array([0.3, 0.1]), 2)
+    padded = baselines.multi_step_gd(prompts, jnp.array([0.3, 0.1, 0.0, 0.0]), 4)
+    chex.assert_trees_all_close(two, padded, atol=0.0)  # a zero step leaves w unchanged, bit for bit
+    # Two steps of different sizes by hand: w1 = a g, w2 = w1 + b (g - Sh w1).
+    sigma_hat, g = (_f64(a) for a in baselines.gd_statistics(prompts))
+    w2 = 0.3 * g + 0.1 * (g - np.einsum("bde,be->bd", sigma_hat, 0.3 * g))
+    expected = np.einsum("bd,bd->b", _f64(prompts.x_query), w2)
+    np.testing.assert_allclose(two, expected, atol=100 * _EPS32 * np.abs(expected).max())
+
+  def test_converges_to_ols_when_n_exceeds_d(self):
+    task = _task(n=30)
+    prompts = sample_prompts(jax.random.PRNGKey(9), task, _FEW)
+    sigma_hat = _f64(baselines.gd_statistics(prompts)[0])
+    eigs = np.linalg.eigvalsh(sigma_hat)
+    lr = 1.0 / eigs.max()  # every mode contracts by 1 - lr lambda in [0, 1)
+    ols = _f64(baselines.ols(prompts))
+    worst = (1 - lr * eigs.min()) ** np.array([5, 2000])  # the slowest mode's remaining fraction
+    assert worst[0] > 0.1 and worst[1] < 1e-12, worst  # not there after 5 steps; there after 2000
+    far, near = (_f64(baselines.multi_step_gd(prompts, lr, k)) for k in (5, 2000))
+    scale = np.abs(ols).max()
+    self.assertGreater(np.abs(far - ols).max(), 1e-3 * scale)
+    cond = eigs.max(axis=-1) / eigs.min(axis=-1)
+    np.testing.assert_allclose(near, ols, atol=100 * _EPS32 * cond.max() * scale)
+
+  def test_bad_step_counts_are_refused(self):
+    prompts = sample_prompts(jax.random.PRNGKey(10), _task(), 2)
+    with self.assertRaisesRegex(ConfigError, "steps=0"):
+      baselines.multi_step_gd(prompts, 0.1, 0)
+    with self.assertRaisesRegex(ConfigError, r"lr of shape \(3,\).*steps=2"):
+      baselines.multi_step_gd(prompts, jnp.ones(3), 2)
+
+
+_MC = 2**15
+
+
+class StepSizeSearchTest(absltest.TestCase):
+
+  def test_one_step_risk_is_the_closed_form(self):
+    task = _task(n=10)
+    lrs = jnp.array([0.2, float(theory.optimal_gd_lr(task)), 0.5])
+    est = baselines.multi_step_gd_risks(jax.random.PRNGKey(11), task, lrs, 1, _MC, jnp.eye(_D))
+    for lr, value, stderr in zip(lrs, est.value, est.stderr):
+      exact = float(theory.gamma_risk(lr * jnp.eye(_D), task))
+      self.assertLess(abs(float(value) - exact), _Z * float(stderr), (float(lr), float(value), exact))
+
+  def test_search_finds_the_minimum_of_its_own_curve(self):
+    # One step: the Monte Carlo risk on the search's prompts is the quadratic A - 2 B lr + C lr^2,
+    # with A, B, C the means of y_q^2, y_q u and u^2 over those prompts, u = x_query^T g.
+    task, key = _task(n=10), jax.random.PRNGKey(12)
+    found = baselines.best_multi_step_gd_lr(task, key, 1, _MC)
+
+    def moments(prompts):
+      u, yq = baselines.one_step_gd(prompts, 1.0), prompts.y_query
+      b, c = yq * u, u * u
+      return jnp.stack([(yq * yq).sum(), b.sum(), c.sum(), (b * b).sum(), (c * c).sum(), (b * c).sum()])
+
+    sums, count = theory.mc_sums(key, task, _MC, moments)
+    a, b, c, bb, cc, bc = _f64(sums) / count
+    curve = lambda lr: a - 2 * b * lr + c * lr**2
+    lr_min, best = b / c, curve(b / c)
+    # float32 sums of 2^15 terms hold the risk to ~1e-6 of itself: the search is at the minimum to that.
+    self.assertLess(curve(found.lr) - best, 1e-5 * best, (found.lr, lr_min))
+    self.assertLess(abs(found.risk - best), 1e-5 * best)
+    # The curve's minimiser B/C estimates eta*: within _Z delta-method standard errors of a ratio of means.
+    var = (bb - b * b) - 2 * lr_min * (bc - b * c) + lr_min**2 * (cc - c * c)
+    stderr = math.sqrt(var / count) / c
+    eta = float(theory.optimal_gd_lr(task))
+    self.assertLess(abs(lr_min - eta), _Z * stderr, (lr_min, eta, stderr))
+
+  def test_search_beats_a_dense_grid_on_the_same_prompts(self):
+    task, key, steps = _task(d=_D, n=8, cov_x="identity", cov_w="identity"), jax.random.PRNGKey(13), 3
+    found = baselines.best_multi_step_gd_lr(task, key, steps, _MC)
+    dense = jnp.linspace(0.0, 2.0, 401)
+    risks = baselines.multi_step_gd_risks(key, task, dense, steps, _MC, jnp.eye(_D)).value
+    self.assertLessEqual(found.risk, float(risks.min()) * (1 + 1e-5))
+    self.assertGreater(found.lr, 0.0)
+
+  def test_best_risk_falls_with_more_steps_when_n_exceeds_d(self):
+    # n = 20 >> d = 3: more steps move GD towards least squares, nearly Bayes here. Step sizes are
+    # searched on one key, risks compared on another, paired on the same prompts.
+    task = _task(n=20, cov_x="identity", cov_w="identity")
+    lrs = [baselines.best_multi_step_gd_lr(task, jax.random.PRNGKey(14), k, _MC).lr for k in (1, 2, 3)]
+    prompts = sample_prompts(jax.random.PRNGKey(15), task, _MC)
+    err2 = [(_f64(baselines.multi_step_gd(prompts, lr, k)) - _f64(prompts.y_query)) ** 2
+            for k, lr in zip((1, 2, 3), lrs)]
+    for k in (1, 2):
+      diff = err2[k - 1] - err2[k]
+      mean, stderr = diff.mean(), diff.std(ddof=1) / math.sqrt(diff.size)
+      self.assertGreater(mean, _Z * stderr, (k, lrs, mean, stderr))
+    # One step at its searched size is plain GD at eta*, whose risk is exact.
+    mean, stderr = err2[0].mean(), err2[0].std(ddof=1) / math.sqrt(_MC)
+    self.assertLess(abs(mean - float(theory.optimal_risk(task))), _Z * stderr)
 
 
 if __name__ == "__main__":
