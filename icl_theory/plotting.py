@@ -322,3 +322,46 @@ def plot_nonlinear_claim(table: Sequence[dict], directory: str) -> None:
   ax_risk.legend(fontsize=7)
   fig.tight_layout()
   _save(fig, os.path.join(directory, "nonlinear.png"))
+
+
+def plot_depth_claim(table: Sequence[dict], gd_table: Sequence[dict], directory: str) -> None:
+  """risk_vs_n.png (L-layer LSAs beside k-step GD and ridge) and depth_vs_gd.png (L layers against L GD steps)."""
+  depths = sorted({row["num_layers"] for row in table})
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  for i, depth in enumerate(depths):
+    ns, mean = _mean_by(table, "num_layers", "n", "model_risk_mc")[depth]
+    rows = [r for r in table if r["num_layers"] == depth]
+    ax.scatter([r["n"] for r in rows], [r["model_risk_mc"] for r in rows], color=f"C{i}", s=18, zorder=3)
+    ax.plot(ns, mean, color=f"C{i}", lw=1.5, label=f"trained LSA, L={depth} (Monte Carlo)")
+    steps, gd = _mean_by(gd_table, "steps", "n", "risk")[depth]
+    ax.plot(steps, gd, color=f"C{i}", lw=1, ls="--", label=f"{depth}-step GD, best step size")
+  ns, ridge = _mean_by(table, "num_layers", "n", "ridge_risk")[depths[0]]
+  ax.plot(ns, ridge, color="k", lw=1.5, ls="-.", label="ridge / Bayes")
+  ax.set(xscale="log", yscale="log", xlabel="context length n", ylabel="risk E[(y_hat - y)^2]",
+         title="Depth: L LSA layers beside L steps of GD")
+  ax.set_xticks(ns, [str(int(n)) for n in ns])
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "risk_vs_n.png"))
+
+  fig, (ax_ratio, ax_mech) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for i, depth in enumerate(depths):
+    rows = [r for r in table if r["num_layers"] == depth]
+    ns, ratio = _mean_by(rows, "num_layers", "n", "risk_over_gd_same_steps")[depth]
+    ax_ratio.plot(ns, ratio, "o-", color=f"C{i}", label=f"L={depth}")
+    for key, marker, label in (("prediction_gap_to_gd", "o", "gap to L-step GD (best step size)"),
+                               ("unexplained_by_any_step_sizes", "s", "unexplained by L-step GD, any step sizes"),
+                               ("unexplained_by_degree_2L_2", "^", "unexplained by a degree-(2L-2) polynomial")):
+      ax_mech.scatter([depth + 0.04 * (np.log2(r["n"]) - 3.5) for r in rows], [r[key] for r in rows], marker=marker,
+                      color={"o": "C0", "s": "C1", "^": "C2"}[marker], s=16, label=label if depth == depths[0] else None)
+  ax_ratio.axhline(1.0, color="gray", lw=0.8)
+  ax_ratio.set(xscale="log", xlabel="context length n", ylabel="LSA risk / L-step GD risk",
+               title="L layers against L steps of GD (below 1: better than GD)")
+  ax_ratio.legend(fontsize=7)
+  ax_mech.set(yscale="log", xlabel="layers L (points spread by n)", ylabel="fraction of E[prediction^2]",
+              title="Mechanism: the network's predictions against GD's")
+  ax_mech.set_xticks(depths)
+  ax_mech.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "depth_vs_gd.png"))

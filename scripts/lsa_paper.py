@@ -14,6 +14,11 @@ nonlinear/       still plain GD: for y = relu, tanh, cube, abs of w^T x and a ra
                  ReLU network, Gamma_eff against eta_f I (eta_f by Monte Carlo), the
                  off-diagonal mass, and the layer's risk beside the best linear
                  (preconditioned-GD) predictor, one-step GD at eta_f, ridge and OLS.
+depth/           beyond the paper: L = 1..4 LSA layers over n, the risk beside k-step
+                 GD at its best step size (k = 1..4) and ridge/Bayes, and the
+                 mechanism: how far each network's predictions are from L steps of
+                 GD, and how much of them a polynomial in the context's covariance
+                 applied to g (GD with free step sizes) explains.
 
 Each claim is one sweep (icl_theory.sweep): with --workdir it resumes after a
 kill; without, it trains in a temporary folder and copies only the tables and
@@ -26,14 +31,19 @@ import os
 import shutil
 import tempfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import icl_theory
-from icl_theory import files, plotting
+from icl_theory import baselines, files, plotting
 from icl_theory.configs import sweep
+from icl_theory.models import lsa
+from icl_theory.tasks.regression import Prompts, sample_prompts
 
-CLAIMS = ("isotropic", "preconditioned", "nonlinear")
+CLAIMS = ("isotropic", "preconditioned", "nonlinear", "depth")
 _CLAIM = flags.DEFINE_list("claim", list(CLAIMS), f"Which claims: a subset of {','.join(CLAIMS)}.")
 _OUT = flags.DEFINE_string("out", os.path.join("results", "lsa"), "Folder for the result folders.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Keep the sweeps here (resumable); default: a temporary folder.")
@@ -155,7 +165,123 @@ def nonlinear_table(rows: list[dict]) -> list[dict]:
   return table
 
 
+DEPTHS = (1, 2, 3, 4)
+DEPTH_NS = (5, 10, 20, 40)
+DEPTH_NOISE = 0.5
+GD_SAMPLES = 100_000     # prompts for each step-size search of k-step GD, and fresh ones for its risk
+MECHANISM_SAMPLES = 20_000
+# Deeper LSAs are products of more weights: at one layer's learning rate (0.05) three layers diverged
+# within 200 steps, and Adam's loss climbed. SGD with momentum at 0.01, clipped, is stable for
+# L = 1..4 and needs more steps (three layers at n = 10 were still improving after 3000).
+DEPTH_TRAINING = dict(optimizer="sgd", learning_rate=0.01, clip_norm=1.0, steps=4000, batch_size=1024,
+                      log_every=1000, checkpoint_every=4000)
+
+
+def depth_grid(num_layers: int):
+  grid = sweep.get_config()
+  # DEPTH_TRAINING below: why a smaller learning rate and more steps than one layer needs.
+  grid.base.update(d=D, num_layers=num_layers, eval_samples=20_000, **DEPTH_TRAINING)
+  grid.n_values = DEPTH_NS
+  grid.cov_x_values, grid.cov_w_values = ("identity",), ("identity",)
+  grid.noise_std_values = (DEPTH_NOISE,)
+  grid.num_seeds = 2
+  return grid
+
+
+def _final_params(group_dir: str) -> list[dict]:
+  """Each run's trained parameters, from the last checkpoint the sweep wrote for its group."""
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(group_dir, "checkpoints")))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+  manager.close()
+  stacked = restored["state"]["params"]
+  num_runs = len(jax.tree.leaves(stacked)[0])
+  return [jax.tree.map(lambda x, r=r: jnp.asarray(x[r]), stacked) for r in range(num_runs)]
+
+
+def krylov_features(prompts: Prompts, degree: int) -> np.ndarray:
+  """x_query^T Sigma_hat^j g for j = 0..degree, (B, degree + 1): GD with any step sizes predicts in their span."""
+  sigma_hat, g = (np.asarray(a, np.float64) for a in baselines.gd_statistics(prompts))
+  xq = np.asarray(prompts.x_query, np.float64)
+  features = []
+  for _ in range(degree + 1):
+    features.append(np.einsum("bd,bd->b", xq, g))
+    g = np.einsum("bde,be->bd", sigma_hat, g)
+  return np.stack(features, axis=1)
+
+
+def _unexplained(pred: np.ndarray, features: np.ndarray) -> float:
+  """The fraction of E[pred^2] left by the least-squares fit of pred on the features."""
+  coef, *_ = np.linalg.lstsq(features, pred, rcond=None)
+  return float(np.mean((pred - features @ coef) ** 2) / np.mean(pred**2))
+
+
+def depth_gd_table(key: jax.Array) -> list[dict]:
+  """k-step GD at its best constant step size, for each n and k: the step size and its risk on fresh prompts."""
+  table = []
+  for n in DEPTH_NS:
+    task = icl_theory.RegressionTask(d=D, n=n, noise_std=DEPTH_NOISE)
+    for k in DEPTHS:
+      search = baselines.best_multi_step_gd_lr(task, jax.random.fold_in(key, n), k, GD_SAMPLES)
+      # Fresh prompts (one key for every k and n: the k's are compared on paired prompts).
+      risk = baselines.multi_step_gd_risks(jax.random.fold_in(key, 1), task, jnp.array([search.lr]), k, GD_SAMPLES,
+                                           jnp.eye(D))
+      table.append({"n": n, "steps": k, "best_lr": search.lr, "risk": float(risk.value[0]),
+                    "risk_stderr": float(risk.stderr[0])})
+  return table
+
+
+def depth_table(rows: list[dict], params: list[dict], gd_table: list[dict], key: jax.Array) -> list[dict]:
+  """Per trained network: its risk beside L-step GD's, and how close its predictions are to GD's."""
+  gd = {(r["n"], r["steps"]): r for r in gd_table}
+  table = []
+  for row, p in zip(rows, params):
+    num_layers, n = row["num_layers"], row["n"]
+    task = icl_theory.RegressionTask(d=D, n=n, noise_std=DEPTH_NOISE)
+    prompts = sample_prompts(jax.random.fold_in(key, n), task, MECHANISM_SAMPLES)
+    pred = np.asarray(lsa.predict(p, prompts), np.float64)
+    reference = gd[(n, num_layers)]
+    gd_pred = np.asarray(baselines.multi_step_gd(prompts, reference["best_lr"], num_layers), np.float64)
+    features = krylov_features(prompts, 2 * num_layers - 2)
+    table.append({
+        "num_layers": num_layers, "n": n, "seed": row["seed"],
+        "model_risk_mc": row["model_risk_mc"], "model_risk_mc_stderr": row["model_risk_mc_stderr"],
+        "gd_same_steps_risk": reference["risk"], "gd_same_steps_risk_stderr": reference["risk_stderr"],
+        "gd_same_steps_lr": reference["best_lr"],
+        "risk_over_gd_same_steps": row["model_risk_mc"] / reference["risk"],
+        "one_layer_optimal_risk": row["optimal_risk"],
+        "ridge_risk": row["ridge_risk"], "ridge_risk_stderr": row["ridge_risk_stderr"],
+        "prediction_gap_to_gd": float(np.mean((pred - gd_pred) ** 2) / np.mean(gd_pred**2)),
+        "unexplained_by_any_step_sizes": _unexplained(pred, features[:, :num_layers]),
+        "unexplained_by_degree_2L_2": _unexplained(pred, features),
+        "final_train_loss": row["final_train_loss"], "status": row["status"],
+    })
+  return table
+
+
+def run_depth(workdir: str, out: str) -> None:
+  rows, params = [], []
+  for num_layers in DEPTHS:
+    sweep_dir = os.path.join(workdir, "depth", f"L{num_layers}")
+    # The sweep's grid has no depth axis (base.num_layers is one value): one sweep per depth.
+    for row in icl_theory.sweep(depth_grid(num_layers), sweep_dir):
+      rows.append({"num_layers": num_layers, **row})
+    for n in DEPTH_NS:
+      params += _final_params(os.path.join(sweep_dir, "groups", f"n{n}-linear"))
+  key = jax.random.PRNGKey(2024)
+  gd_table = depth_gd_table(jax.random.fold_in(key, 0))
+  table = depth_table(rows, params, gd_table, jax.random.fold_in(key, 1))
+  target = os.path.join(out, "depth")
+  os.makedirs(target, exist_ok=True)
+  _write_csv(table, os.path.join(target, "depth.csv"))
+  _write_csv(gd_table, os.path.join(target, "multi_step_gd.csv"))
+  plotting.plot_depth_claim(table, gd_table, target)
+  logging.info("depth: %d runs written to %s", len(rows), target)
+
+
 def run_claim(name: str, workdir: str, out: str) -> None:
+  if name == "depth":
+    run_depth(workdir, out)
+    return
   grid = {"isotropic": isotropic_grid, "preconditioned": preconditioned_grid, "nonlinear": nonlinear_grid}[name]()
   rows = icl_theory.sweep(grid, os.path.join(workdir, name))
   target = os.path.join(out, name)
