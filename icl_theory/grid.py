@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from icl_theory import analysis, files, plotting, trainer
+from icl_theory import analysis, distributed, files, plotting, trainer
 from icl_theory.experiments import lsa_regression
 from icl_theory.validation import ConfigError, check_int
 
@@ -107,7 +107,7 @@ def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_d
   # Evaluation runs on one device: on forced host devices, linear algebra inside the Monte Carlo
   # scan (SVD, eigh) deadlocks the JAX CPU runtime when several devices run it at once.
   evaluations = analysis.evaluate_group(result.state.params, stacked, keys, base.eval_samples, base.gamma_mc_samples,
-                                        devices=jax.devices()[:1])
+                                        devices=jax.local_devices()[:1])
   rows = []
   final_loss = result.history[-1]["loss"] if result.history else [math.nan] * len(runs)
   for r, run in enumerate(runs):
@@ -122,16 +122,30 @@ def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_d
 
 
 def _check_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool) -> None:
+  """Refuses a workdir that holds another sweep (in every process); process 0 then claims it."""
   path = os.path.join(workdir, "sweep_config.json")
-  if overwrite:
-    files.remove(workdir, ("sweep_config.json", "groups", "results.csv", "figures"))
   wanted = files.to_builtin(config.to_dict())
   for field in lsa_regression.BOOKKEEPING_FIELDS:
     wanted["base"].pop(field, None)
-  if os.path.exists(path) and files.read_json(path) != wanted:
+  if not overwrite and os.path.exists(path) and files.read_json(path) != wanted:
     raise ConfigError(f"workdir={workdir!r} holds a sweep of a different config: use a new --workdir "
                       "or pass --overwrite")
-  files.write_json(path, wanted)
+  if jax.process_index() == 0:
+    if overwrite:
+      files.remove(workdir, ("sweep_config.json", "groups", "results.csv", "figures"))
+    files.write_json(path, wanted)
+  distributed.barrier("sweep: workdir claimed")
+
+
+def _rows_path(workdir: str, group: str) -> str:
+  return os.path.join(workdir, "groups", group, "rows.json")
+
+
+def _group_cost(runs: list[GridRun], base: ml_collections.ConfigDict) -> float:
+  """A rough cost of training a group: its runs times the columns its sampler draws per prompt."""
+  run = runs[0]
+  wishart = lsa_regression.uses_wishart(lsa_regression.build_task(run.config(base)), base.sampler)
+  return len(runs) * (min(run.n, base.d + 1) if wishart else run.n + 1)
 
 
 def write_results_csv(rows: list[dict[str, Any]], path: str) -> None:
@@ -150,34 +164,60 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
   """Trains every run of the grid (skipping finished groups) and writes results.csv and figures.
 
   Returns the rows of results.csv, with each run's Gamma_eff and Gamma* added.
+  Under jax.distributed (`icl_theory.distributed`) every process calls this with
+  the same arguments: each trains its share of the unfinished groups on its own
+  devices, and process 0 waits for every group's rows.json and writes the
+  table and figures; the other processes return the rows they trained.
   """
   runs = validate_sweep_config(config)
   _check_workdir(workdir, config, overwrite)
   groups: dict[str, list[GridRun]] = {}
   for run in runs:
     groups.setdefault(run.group, []).append(run)
-  logging.info("Sweep of %d runs in %d groups (%d device(s)) into %s", len(runs), len(groups),
-               jax.device_count(), workdir)
-  rows_by_id: dict[GridRun, dict] = {}
+  process, num_processes = jax.process_index(), jax.process_count()
+  # Every process looks before any writes, so all agree on what is left to train.
+  unfinished = [name for name in groups if not os.path.exists(_rows_path(workdir, name))]
+  distributed.barrier("sweep: planned")
+  shares = distributed.assign([_group_cost(groups[name], config.base) for name in unfinished], num_processes)
+  mine = [unfinished[i] for i in shares[process]]
+  where = f" (process {process} of {num_processes}: {len(mine)} of {len(unfinished)} unfinished groups)" \
+      if num_processes > 1 else ""
+  logging.info("Sweep of %d runs in %d groups (%d device(s))%s into %s", len(runs), len(groups),
+               jax.local_device_count(), where, workdir)
+  if num_processes > 1 and not mine:
+    logging.warning("process %d has no group to train: a grid of %d unfinished groups over %d processes "
+                    "(a group, the runs of one n and response, is the unit of work)", process, len(unfinished),
+                    num_processes)
+  rows_by_group: dict[str, list[dict]] = {}
   t_start, trained = time.perf_counter(), 0
   # One group at a time: two groups in threads used both CPU cores, but XLA's CPU runtime
   # then deadlocked (a sweep hung at 2% CPU).
-  for name, group in groups.items():
-    rows_path = os.path.join(workdir, "groups", name, "rows.json")
-    fresh = not os.path.exists(rows_path)
-    if fresh:
-      rows = _train_group(config, group, os.path.dirname(rows_path))
-      files.write_json(rows_path, rows)
-      trained += len(group)
-    else:
-      rows = files.read_json(rows_path)
-    for run, row in zip(group, rows):
-      rows_by_id[run] = row
+  for name in mine:
+    rows_by_group[name] = _train_group(config, groups[name], os.path.dirname(_rows_path(workdir, name)))
+    files.write_json(_rows_path(workdir, name), rows_by_group[name])
+    trained += len(groups[name])
     elapsed = time.perf_counter() - t_start
-    eta = elapsed / trained * (len(runs) - len(rows_by_id)) if trained else math.nan
-    logging.info("sweep: %d/%d runs done (group %s) | %.0f s | ETA %s", len(rows_by_id), len(runs), name,
-                 elapsed, "-" if math.isnan(eta) else trainer.format_eta(eta))
+    left = sum(len(groups[g]) for g in mine) - trained
+    logging.info("sweep: %d/%d runs trained here (group %s) | %.0f s | ETA %s", trained,
+                 trained + left, name, elapsed, trainer.format_eta(elapsed / trained * left))
+  if process != 0:
+    return [row for name in mine for row in rows_by_group[name]]
+  rows_by_id: dict[GridRun, dict] = {}
+  for name, group in groups.items():
+    rows = rows_by_group.get(name) or _wait_for_rows(_rows_path(workdir, name))
+    rows_by_id.update(zip(group, rows))
   rows = [rows_by_id[run] for run in runs]
   write_results_csv(rows, os.path.join(workdir, "results.csv"))
   plotting.plot_sweep(rows, os.path.join(workdir, "figures"))
   return rows
+
+
+def _wait_for_rows(path: str, poll_seconds: float = 1.0) -> list[dict]:
+  """A group's rows.json, waiting for the process that trains it to write it."""
+  waited = 0.0
+  while not os.path.exists(path):
+    if waited % 60 == 0:
+      logging.info("waiting for %s (another process trains that group)", path)
+    time.sleep(poll_seconds)
+    waited += poll_seconds
+  return files.read_json(path)

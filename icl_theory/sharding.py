@@ -1,29 +1,53 @@
-"""The run axis over devices: runs never talk to each other, so each device runs its share alone.
+"""Where a training program's runs and batches live: over runs, or over the batch.
 
-`shard_runs` pads a pytree's leading run axis to a multiple of the device count
-and places it on a 1-d 'runs' mesh; `per_run(fn, sharding)` maps `fn` over the
-runs with `shard_map` of a `vmap`, so the compiled program holds no cross-device
-collective (the partitioner left to itself once put one in the evaluation, and
-the CPU runtime deadlocked on it).
+A program trains R runs (a leading run axis on every leaf of its state). There
+are two ways to spread it over the devices, each a `Placement`:
+
+- `over_runs(devices)`: each device trains its share of the runs alone (a
+  sweep). The run axis is padded to a multiple of the device count and mapped
+  with `shard_map` of a `vmap`, so the compiled program holds no cross-device
+  collective (the partitioner left to itself once put one in the evaluation,
+  and the CPU runtime deadlocked on it).
+- `over_data(devices)`: every run is replicated and each step's batch is split
+  over a 'data' mesh axis (one big run, data-parallel). The samplers mark their
+  batch axis with `shard_batch`; XLA's partitioner then draws each device's
+  slice of the batch on that device and all-reduces the gradient. The draws
+  are the same numbers as on one device (they are functions of flat counters),
+  so the loss curve matches single-device training up to the order of float
+  sums.
+
+Devices default to this process's own (`jax.local_devices()`): under
+`jax.distributed` each process trains its runs on its own devices.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 RUNS = PartitionSpec("runs")
+DATA = "data"
+
+# The mesh of the data-parallel program being traced, if any: read by `shard_batch`.
+_DATA_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("data_mesh", default=None)
+
+
+def _mesh(devices: Sequence[jax.Device] | None, axis: str) -> Mesh:
+  return Mesh(np.array(list(devices or jax.local_devices())), (axis,))
 
 
 def run_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding:
-  return NamedSharding(Mesh(np.array(list(devices or jax.devices())), ("runs",)), RUNS)
+  return NamedSharding(_mesh(devices, "runs"), RUNS)
 
 
 def shard_runs(tree: Any, devices: Sequence[jax.Device] | None = None) -> tuple[Any, NamedSharding]:
-  """Places a pytree with a leading run axis on a 'runs' mesh over `devices` (default: all).
+  """Places a pytree with a leading run axis on a 'runs' mesh over `devices` (default: this process's).
 
   The run axis is padded, by repeating the last run, to a multiple of the device
   count; callers keep the first R entries of what comes back.
@@ -43,3 +67,66 @@ def per_run(fn: Callable, sharding: NamedSharding) -> Callable:
   """`fn` (one run's arguments -> one run's outputs) over the sharded run axis, device by device."""
   # check_vma=False: the body has no collectives, and scan carries would need pvary otherwise.
   return jax.shard_map(jax.vmap(fn), mesh=sharding.mesh, in_specs=RUNS, out_specs=RUNS, check_vma=False)
+
+
+@contextlib.contextmanager
+def data_parallel(mesh: Mesh) -> Iterator[None]:
+  """While tracing inside this context, `shard_batch` splits batch axes over `mesh`'s 'data' axis."""
+  token = _DATA_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _DATA_MESH.reset(token)
+
+
+def shard_batch(tree: Any, axis: int = 0) -> Any:
+  """Marks axis `axis` of every leaf as the batch: split over 'data' in a data-parallel trace, else as is.
+
+  Samplers call it on what they return; it changes no value, only where the
+  values are computed.
+  """
+  mesh = _DATA_MESH.get()
+  if mesh is None or mesh.size == 1:
+    return tree
+
+  def constrain(x):
+    spec = [None] * x.ndim
+    spec[axis] = DATA
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+  return jax.tree.map(constrain, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """How a program over R runs is laid out on devices; see the module docstring."""
+  mesh: Mesh
+  data_parallel: bool
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.size
+
+  def place(self, tree: Any) -> Any:
+    """Puts host arrays with a leading run axis on the devices (over runs: padded to the device count)."""
+    if self.data_parallel:
+      return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+    return shard_runs(tree, list(self.mesh.devices.flat))[0]
+
+  def map(self, fn: Callable) -> Callable:
+    """`fn` on one run's arguments -> the same over the run axis, laid out by this placement."""
+    if self.data_parallel:
+      return jax.vmap(fn)
+    return per_run(fn, NamedSharding(self.mesh, RUNS))
+
+  def tracing(self) -> contextlib.AbstractContextManager:
+    """The context to trace (lower) this placement's programs in."""
+    return data_parallel(self.mesh) if self.data_parallel else contextlib.nullcontext()
+
+
+def over_runs(devices: Sequence[jax.Device] | None = None) -> Placement:
+  return Placement(_mesh(devices, "runs"), data_parallel=False)
+
+
+def over_data(devices: Sequence[jax.Device] | None = None) -> Placement:
+  return Placement(_mesh(devices, DATA), data_parallel=True)

@@ -5,16 +5,24 @@ r"""Command line: a grid of LSA runs, resumable, into one results.csv and figure
 
 The work is `icl_theory.grid.sweep`; rerunning with the same --workdir skips the
 finished groups and resumes an unfinished one from its checkpoint.
+
+On several processes (icl_theory.distributed; README "Running on a cluster"), start
+the same command in each, with the same --workdir on a shared file system:
+
+    python -m icl_theory.sweep ... --coordinator_address=HOST:PORT --num_processes=P --process_id=I
+
+or under srun / mpirun, which are detected without those flags.
 """
 
 import os
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from icl_theory import experiments, grid
+from icl_theory import distributed, experiments, grid
 from icl_theory.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "sweep.py")
@@ -22,18 +30,32 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "sweep.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; rerunning with it resumes. Default: a fresh runs/...")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an earlier sweep of another config in --workdir.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "jax.distributed: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "jax.distributed: how many processes run this sweep.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "jax.distributed: this process's index, 0..num_processes-1.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed from the environment alone "
+                                 "(e.g. a Cloud TPU pod); srun, mpirun and GKE TPU pods are detected anyway.")
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  workdir = _WORKDIR.value or experiments.default_workdir("sweep")
   try:
+    grid.validate_sweep_config(_CONFIG.value)  # bad fields fail here, before any process connects
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
+    if jax.process_count() > 1 and not _WORKDIR.value:
+      raise ConfigError("workdir=None is not allowed with several processes: give every process the same "
+                        "--workdir on a file system they share")
+    workdir = _WORKDIR.value or experiments.default_workdir("sweep")
     rows = grid.sweep(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   finished = [r for r in rows if r["status"] == "finished"]
+  if jax.process_index() != 0:
+    print(f"process {jax.process_index()}: {len(finished)}/{len(rows)} of its runs finished; process 0 writes "
+          f"results.csv and figures in {workdir}")
+    return
   print(f"{len(finished)}/{len(rows)} runs finished; results.csv and figures in {workdir}")
   errors = np.array([r["gamma_rel_error"] for r in finished if r["gamma_rel_error"] is not None])
   if errors.size:

@@ -167,10 +167,18 @@ def _chunk_ends(start: int, settings: LoopSettings) -> list[int]:
 
 def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointManager:
   _quiet_orbax()
+  # Each process saves its own runs alone: under jax.distributed orbax would otherwise wait
+  # for every process at each save, and only process 0 would write.
+  process = jax.process_index()
+  alone = ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process},
+                                             barrier_sync_key_prefix=f"process{process}")
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=settings.keep_checkpoints, enable_async_checkpointing=False, create=True,
-      cleanup_tmp_directories=True)  # a kill mid-save leaves a tmp dir; never a half checkpoint
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+      max_to_keep=settings.keep_checkpoints, enable_async_checkpointing=False, create=False,
+      cleanup_tmp_directories=True,  # a kill mid-save leaves a tmp dir; never a half checkpoint
+      multiprocessing_options=alone)
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  os.makedirs(directory, exist_ok=True)  # orbax creates it only when every process saves
+  return ocp.CheckpointManager(directory, options=options)
 
 
 class _OrbaxInfoFilter(pylogging.Filter):
@@ -198,8 +206,12 @@ def format_eta(seconds: float) -> str:
 def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
               settings: LoopSettings, seeds: Sequence[int], tasks: Any, workdir: str | None = None,
               reference_loss: float | None = None, stop_on_divergence: bool = False,
-              devices: Sequence[jax.Device] | None = None) -> FitResult:
-  """Trains len(seeds) runs as one vmapped program, sharded over `devices` (default: all).
+              devices: Sequence[jax.Device] | None = None, data_parallel: bool = False) -> FitResult:
+  """Trains len(seeds) runs as one vmapped program on `devices` (default: this process's).
+
+  The runs are split over the devices, or with `data_parallel` every step's
+  batch is (`icl_theory.sharding`; the objective's sampler marks its batch with
+  `sharding.shard_batch`, and `objective.batch_size` must divide evenly).
 
   `tasks` is a pytree whose leaves have a leading axis of len(seeds). Resumes from
   the latest checkpoint in `workdir`. A run whose loss turns non-finite or above
@@ -208,9 +220,13 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   before the diverged state could be checkpointed.
   """
   num_runs = len(seeds)
+  placement = (sharding.over_data if data_parallel else sharding.over_runs)(devices)
+  if data_parallel and objective.batch_size % placement.num_devices:
+    raise ConfigError(f"batch_size={objective.batch_size} is not allowed: data-parallel training splits it over "
+                      f"{placement.num_devices} devices, so a multiple of {placement.num_devices}")
   keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in seeds])
-  (init_keys, rngs, tasks), shards = sharding.shard_runs((keys[:, 0], keys[:, 1], tasks), devices)
-  states = jax.jit(sharding.per_run(lambda k: init_state(objective, optimizer, k), shards))(init_keys)
+  init_keys, rngs, tasks = placement.place((keys[:, 0], keys[:, 1], tasks))
+  states = jax.jit(placement.map(lambda k: init_state(objective, optimizer, k)))(init_keys)
   # Set from the first chunk's step-1 losses (and checkpointed): no program of its own to compile.
   loss_limit = np.full(num_runs, np.nan, np.float32)
   diverged_at = np.zeros(num_runs, np.int64)
@@ -222,9 +238,11 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   resumed_from = 0
   if manager is not None and manager.latest_step() is not None:
     resumed_from = manager.latest_step()
-    target = {"state": states, "rng": rngs, "diverged_at": diverged_at, "loss_limit": loss_limit}
+    target = jax.device_get({"state": states, "rng": rngs, "diverged_at": diverged_at, "loss_limit": loss_limit})
     restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
-    states, rngs, diverged_at = restored["state"], restored["rng"], np.asarray(restored["diverged_at"])
+    states, rngs = jax.device_put((restored["state"], restored["rng"]),
+                                  jax.tree.map(lambda x: x.sharding, (states, rngs)))
+    diverged_at = np.asarray(restored["diverged_at"])
     loss_limit = np.asarray(restored["loss_limit"])
     history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
     logging.info("Resumed from the checkpoint at step %d in %s", resumed_from, workdir)
@@ -237,8 +255,9 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     if num_steps not in compiled:
       t0 = time.perf_counter()
       chunk = functools.partial(train_chunk, objective=objective, optimizer=optimizer, num_steps=num_steps)
-      run = jax.jit(sharding.per_run(chunk, shards), donate_argnums=0)
-      compiled[num_steps] = run.lower(states, rngs, tasks).compile()
+      with placement.tracing():
+        lowered = jax.jit(placement.map(chunk), donate_argnums=0).lower(states, rngs, tasks)
+      compiled[num_steps] = lowered.compile()
       compile_seconds += time.perf_counter() - t0
     return compiled[num_steps]
 
@@ -294,8 +313,9 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     if manager is not None and (end % settings.checkpoint_every == 0 or end == settings.steps):
       drain(*pending)  # read the losses first: a diverged run is marked before it is saved
       pending = None
-      manager.save(end, args=ocp.args.StandardSave({"state": states, "rng": rngs, "diverged_at": diverged_at,
-                                                    "loss_limit": loss_limit}))
+      # As host arrays: under jax.distributed orbax refuses arrays that live on one process's devices.
+      saved = jax.device_get({"state": states, "rng": rngs})
+      manager.save(end, args=ocp.args.StandardSave({**saved, "diverged_at": diverged_at, "loss_limit": loss_limit}))
     chunk_start = end
   if pending is not None:
     drain(*pending)
@@ -310,8 +330,11 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
 
 def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
         settings: LoopSettings, seed: int, task: Any = None, workdir: str | None = None,
-        reference_loss: float | None = None) -> FitResult:
-  """Trains one run (on one device); resumes from `workdir`; logs progress.
+        reference_loss: float | None = None, data_parallel: bool = True) -> FitResult:
+  """Trains one run; resumes from `workdir`; logs progress.
+
+  With `data_parallel` each step's batch is split over all of this process's
+  devices (one device: nothing changes); without, the run stays on the first.
 
   `reference_loss` (e.g. the optimal risk R*) is printed beside the loss.
   Raises `TrainingDiverged` at the first loss that is non-finite or above
@@ -319,7 +342,8 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
   """
   tasks = jax.tree.map(lambda x: np.asarray(x)[None], task)
   result = fit_group(objective, optimizer, lr_schedule, settings, [seed], tasks, workdir, reference_loss,
-                     stop_on_divergence=True, devices=jax.devices()[:1])
+                     stop_on_divergence=True, devices=None if data_parallel else jax.local_devices()[:1],
+                     data_parallel=data_parallel)
   result.state = jax.tree.map(lambda x: x[0], result.state)
   result.history = [{**row, "loss": row["loss"][0]} for row in result.history]
   return result

@@ -124,8 +124,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                        workdir, reference_loss=reference)
   params = result.state.params
   stack = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
-  evaluation, = analysis.evaluate_group(stack(params), stack(task), eval_key(config.seed)[None],
-                                        config.eval_samples, config.gamma_mc_samples, devices=jax.devices()[:1])
+  evaluation, = analysis.evaluate_group(stack(params), stack(task), eval_key(config.seed)[None], config.eval_samples,
+                                        config.gamma_mc_samples, devices=jax.local_devices()[:1])
   summary: dict[str, Any] = {
       "config": config.to_dict(),
       "cov_x": task.cov_x, "cov_w": task.cov_w,

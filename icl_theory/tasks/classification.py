@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_theory import sharding
 from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
 
 DOMAINS = ("train", "unseen", "ood")
@@ -264,7 +265,7 @@ def sample_prompts_by_count(key: jax.Array, task: ClassificationTask, batch: int
                       f"(M1={task.M1}; unseen pairs need M1 >= 4)")
   keys = jax.random.split(key, batch)
   sample = lambda k: _sample_one(k, task, pairs_Px2, relevant_RxD, irrelevant_IxD, prompt_len, same)
-  return jax.vmap(sample)(keys)
+  return sharding.shard_batch(jax.vmap(sample)(keys))
 
 
 def prompt_tokens(prompts: ClassificationPrompts, q_Y: jax.Array) -> tuple[jax.Array, jax.Array]:

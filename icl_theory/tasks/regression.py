@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_theory import sharding
 from icl_theory.tasks import draws
 from icl_theory.tasks.covariance import CovSpec, resolve_covariance
 from icl_theory.validation import check_choice, check_float, check_int
@@ -118,4 +119,5 @@ def sample_prompts(key: jax.Array, task: RegressionTask, batch: int) -> Prompts:
   x_BxTxD = draws.normal(k_x, (batch, n + 1, d)) @ jnp.linalg.cholesky(task.cov_x).T
   y_BxT = (_responses(k_f, task, jnp.linalg.cholesky(task.cov_w), x_BxTxD)
            + task.noise_std * draws.normal(k_eps, (batch, n + 1)))
-  return Prompts(x=x_BxTxD[:, :n], y=y_BxT[:, :n], x_query=x_BxTxD[:, n], y_query=y_BxT[:, n])
+  return sharding.shard_batch(Prompts(x=x_BxTxD[:, :n], y=y_BxT[:, :n], x_query=x_BxTxD[:, n],
+                                     y_query=y_BxT[:, n]))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_theory import sharding
 from icl_theory.tasks import draws
 from icl_theory.tasks.regression import RegressionTask
 
@@ -123,7 +124,8 @@ def sample_statistics(key: jax.Array, task: RegressionTask, batch: int) -> Conte
   g_DxKxB = wishart_factor(k_factor, d + 1, n, batch)
   x_dxKxB = jnp.einsum("ij,jkb->ikb", jnp.linalg.cholesky(task.cov_x), g_DxKxB[:d])
   y_KxB = jnp.einsum("ikb,ib->kb", x_dxKxB, w_dxB) + task.noise_std * g_DxKxB[d]
-  return ContextStatistics(factor_DxKxB=jnp.concatenate([x_dxKxB, y_KxB[None]], axis=0), w_dxB=w_dxB)
+  stats = ContextStatistics(factor_DxKxB=jnp.concatenate([x_dxKxB, y_KxB[None]], axis=0), w_dxB=w_dxB)
+  return sharding.shard_batch(stats, axis=-1)
 
 
 def statistic_matrix(stats: ContextStatistics, n: int) -> jax.Array:

@@ -1,0 +1,179 @@
+"""Beyond one device: data-parallel training on 4 CPU devices, and a sweep over 2 processes.
+
+The 4-device checks run in a child process (XLA_FLAGS must be set before JAX
+starts): `python tests/distributed_test.py data_parallel` prints a JSON line.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from icl_theory import distributed
+from icl_theory.validation import ConfigError
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from grid_test import GRID_FLAGS, REPO, _csv  # noqa: E402  (the sweep tests' 8-run grid)
+
+FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+def _data_parallel_child() -> None:
+  """Trains the same runs on 1 device and data-parallel on 4; prints their loss curves and parameters."""
+  import jax
+  from icl_theory import sharding, trainer
+  from icl_theory.configs import classify, lsa
+  from icl_theory.experiments import classification, lsa_regression
+
+  assert jax.local_device_count() == 4
+  out = {}
+  cases = {"lsa_wishart": (lsa, lsa_regression, {"sampler": "wishart"}),
+           "lsa_tokens": (lsa, lsa_regression, {"sampler": "tokens", "n": 10}),
+           "classification": (classify, classification, {"batch_size": 64, "learning_rate": 1.0})}
+  for name, (configs, experiment, changes) in cases.items():
+    config = configs.get_config()
+    config.update(steps=60, warmup_steps=10, log_every=5, checkpoint_every=0, **changes)
+    task = experiment.build_task(config)
+    objective = experiment.make_objective(task, config)
+    optimizer, schedule = trainer.optimizer_from_config(config)
+    settings = trainer.LoopSettings.from_config(config)
+    for data_parallel in (False, True):
+      result = trainer.fit(objective, optimizer, schedule, settings, 0, task, data_parallel=data_parallel)
+      leaves = jax.tree.leaves(result.state.params)
+      out[f"{name}/{data_parallel}"] = {
+          "loss": [row["loss"] for row in result.history],
+          "params": np.concatenate([np.ravel(leaf) for leaf in leaves]).tolist(),
+          "devices": len(leaves[0].sharding.device_set)}
+  # The sampler's batch is split over the devices, not computed whole on each.
+  config = lsa.get_config()
+  task = lsa_regression.build_task(config)
+  with sharding.over_data().tracing():
+    lowered = jax.jit(lambda key: lsa_regression.sample_statistics(key, task, 1024)).lower(jax.random.PRNGKey(0))
+  factor = lowered.compile().output_shardings.factor_DxKxB
+  out["sampler_factor_shard_shape"] = list(factor.shard_shape((config.d + 1, config.d + 1, 1024)))
+  print(json.dumps(out))
+
+
+@pytest.fixture(scope="module")
+def data_parallel_runs():
+  child = subprocess.run([sys.executable, os.path.abspath(__file__), "data_parallel"], cwd=REPO,
+                         capture_output=True, text=True, env=FOUR_DEVICES)
+  assert child.returncode == 0, child.stderr[-3000:]
+  return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["lsa_wishart", "lsa_tokens", "classification"])
+def test_data_parallel_training_matches_one_device(data_parallel_runs, case):
+  one, four = data_parallel_runs[f"{case}/False"], data_parallel_runs[f"{case}/True"]
+  assert one["devices"] == 1 and four["devices"] == 4
+  # The same prompts at every step (the draws are functions of flat counters): only the
+  # order of float32 sums differs, and that compounds slowly over 60 steps.
+  assert len(one["loss"]) == len(four["loss"]) == 12
+  np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-4)
+  params_one, params_four = np.asarray(one["params"]), np.asarray(four["params"])
+  assert np.linalg.norm(params_four - params_one) < 1e-4 * np.linalg.norm(params_one)
+  # The run moved: the curves are compared where they change.
+  assert one["loss"][-1] < 0.97 * one["loss"][0]
+
+
+def test_the_sampler_draws_a_quarter_of_the_batch_on_each_device(data_parallel_runs):
+  assert data_parallel_runs["sampler_factor_shard_shape"] == [6, 6, 256]
+
+
+def test_batch_not_divisible_by_devices_is_refused():
+  import jax
+  from icl_theory import trainer
+  from icl_theory.configs import lsa
+  from icl_theory.experiments import lsa_regression
+  config = lsa.get_config()
+  config.update(batch_size=1023, steps=2, warmup_steps=1)
+  task = lsa_regression.build_task(config)
+  objective = lsa_regression.make_objective(task, config)
+  optimizer, schedule = trainer.optimizer_from_config(config)
+  cpu = jax.local_devices()[0]
+  with pytest.raises(ConfigError, match=r"batch_size=1023 is not allowed: .* 2 devices, so a multiple of 2"):
+    trainer.fit_group(objective, optimizer, schedule, trainer.LoopSettings.from_config(config), [0, 1],
+                      jax.tree.map(lambda x: np.stack([x, x]), task), devices=[cpu, cpu], data_parallel=True)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_write_the_single_process_table(tmp_path):
+  alone = subprocess.run([sys.executable, "-m", "icl_theory.sweep", *GRID_FLAGS, f"--workdir={tmp_path / 'one'}"],
+                         cwd=REPO, capture_output=True, text=True)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  workdir, address = tmp_path / "two", f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-m", "icl_theory.sweep", *GRID_FLAGS, f"--workdir={workdir}",
+                             f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  # Each process trained one of the two groups (n=4, n=16), on its own device.
+  assert "process 0 of 2: 1 of 2 unfinished groups" in outputs[0][1]
+  assert "process 1 of 2: 1 of 2 unfinished groups" in outputs[1][1]
+  assert "process 1: 4/4 of its runs finished" in outputs[1][0]
+  # A whole group trains in one process as the same program as in one process alone: the same bits.
+  assert _csv(workdir / "results.csv") == _csv(tmp_path / "one" / "results.csv")
+  assert sorted(os.listdir(workdir / "figures")) == sorted(os.listdir(tmp_path / "one" / "figures"))
+
+
+def test_assign_balances_costs_deterministically():
+  shares = distributed.assign([5, 1, 1, 3, 2, 2], 2)
+  assert sorted(i for share in shares for i in share) == list(range(6))
+  loads = [sum([5, 1, 1, 3, 2, 2][i] for i in share) for share in shares]
+  assert loads == [7, 7]
+  assert shares == distributed.assign([5, 1, 1, 3, 2, 2], 2)
+  assert distributed.assign([1.0], 3) == [[0], [], []]
+
+
+def test_launcher_processes_reads_slurm_and_mpi(monkeypatch):
+  for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE",
+               "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.launcher_processes() == 1
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_NTASKS", "8")
+  assert distributed.launcher_processes() == 1  # an allocation, but not inside an srun step
+  monkeypatch.setenv("SLURM_PROCID", "3")
+  assert distributed.launcher_processes() == 8
+  monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+  assert distributed.launcher_processes() == 4
+  for name in ("SLURM_JOB_ID", "SLURM_PROCID"):
+    monkeypatch.delenv(name)
+  monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+  assert distributed.launcher_processes() == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("127.0.0.1:1234", 2, None), "give all three"),
+    (("localhost", 2, 0), "coordinator_address='localhost' is not allowed: HOST:PORT"),
+    (("127.0.0.1:1234", 0, 0), "num_processes=0 is not allowed: an integer >= 1"),
+    (("127.0.0.1:1234", 2, 2), r"process_id=2 is not allowed: an integer in \[0, num_processes=2\)"),
+])
+def test_bad_distributed_flags_are_refused(flags, message):
+  with pytest.raises(ConfigError, match=message):
+    distributed.check_flags(*flags)
+  assert distributed.check_flags("127.0.0.1:1234", 1, 0) is False  # one process: nothing to start
+
+
+def test_bad_flag_on_the_command_line_is_one_message():
+  result = subprocess.run([sys.executable, "-m", "icl_theory.sweep", "--workdir=unused", "--num_processes=2",
+                           "--process_id=5", "--coordinator_address=127.0.0.1:1"], cwd=REPO, capture_output=True,
+                          text=True)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: process_id=5 is not allowed: an integer in [0, num_processes=2)"]
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] == ["data_parallel"]:
+    _data_parallel_child()
