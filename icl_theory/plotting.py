@@ -365,3 +365,52 @@ def plot_depth_claim(table: Sequence[dict], gd_table: Sequence[dict], directory:
   ax_mech.legend(fontsize=7)
   fig.tight_layout()
   _save(fig, os.path.join(directory, "depth_vs_gd.png"))
+
+
+_OOD_MODEL_TITLES = {"one_layer": "one layer: softmax attention + MLP", "gpt": "3-layer, 2-head GPT-2-style"}
+
+
+def _seed_errorbars(ax, rows: Sequence[dict], x: str, label: str, color: str, style: str = "o-") -> None:
+  """Mean error over seeds with its standard error over seeds (absent for one seed)."""
+  se = [r["error_se_seeds"] or 0.0 for r in rows]
+  ax.errorbar([r[x] for r in rows], [r["error"] for r in rows], yerr=se, fmt=style, color=color, capsize=3,
+              label=label)
+
+
+def plot_ood_vs_s1(table: Sequence[dict], path: str) -> None:
+  """Out-of-domain error against S1, a panel per model, a line per alpha', majority vote dashed (claim 2)."""
+  models = list(dict.fromkeys(r["model"] for r in table))
+  alphas = sorted({r["alpha_test"] for r in table})
+  fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False, layout="constrained")
+  for ax, model in zip(axes[0], models):
+    for j, alpha in enumerate(alphas):
+      rows = sorted((r for r in table if r["model"] == model and r["alpha_test"] == alpha), key=lambda r: r["s1"])
+      _seed_errorbars(ax, rows, "s1", f"ICL, $\\alpha'$ = {alpha:g}", f"C{j}")
+      ax.axhline(np.mean([r["majority_vote_error"] for r in rows]), color=f"C{j}", ls="--", lw=1,
+                 label=f"majority vote, $\\alpha'$ = {alpha:g}")
+    ax.axvline(1.0, color="gray", ls=":", lw=1, label="$S_1$ = 1 (the paper's threshold)")
+    seeds = max(r["seeds"] for r in table if r["model"] == model)
+    ax.set(xlabel="$S_1$ (coefficient sum of each out-of-domain relevant pattern)", ylabel="classification error",
+           ylim=(-0.03, 1.03), title=f"{_OOD_MODEL_TITLES.get(model, model)} ({seeds} seeds, mean +- s.e.)")
+    ax.legend(fontsize=7)
+  _save(fig, path)
+
+
+def plot_error_vs_alpha(table: Sequence[dict], path: str) -> None:
+  """In-domain (training and unseen tasks) against out-of-domain error across alpha', a panel per model."""
+  models = list(dict.fromkeys(r["model"] for r in table))
+  names = {"train": "training tasks", "unseen": "unseen tasks (in domain)", "ood": "out of domain"}
+  fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False, layout="constrained")
+  for ax, model in zip(axes[0], models):
+    for j, domain in enumerate(names):
+      rows = sorted((r for r in table if r["model"] == model and r["domain"] == domain), key=lambda r: r["alpha_test"])
+      s1 = f", $S_1$ = {rows[0]['s1']:g}" if domain == "ood" else ""
+      _seed_errorbars(ax, rows, "alpha_test", f"ICL, {names[domain]}{s1}", f"C{j}")
+    majority = sorted((r for r in table if r["model"] == model and r["domain"] == "unseen"),
+                      key=lambda r: r["alpha_test"])
+    ax.plot([r["alpha_test"] for r in majority], [r["majority_vote_error"] for r in majority], "k--", lw=1,
+            label="majority vote")
+    ax.set(xlabel="$\\alpha'$ (share of contexts with the query's pattern)", ylabel="classification error",
+           ylim=(-0.03, 1.03), title=_OOD_MODEL_TITLES.get(model, model))
+    ax.legend(fontsize=7)
+  _save(fig, path)

@@ -1,0 +1,217 @@
+r"""Claim 2 of Li et al. 2024 (THEORY.md Part B): out of domain, near-zero error when S1 >= 1, and not below.
+
+    python3 scripts/classify_ood.py [--out=results/classify] [--workdir=DIR] [--seeds=3]
+
+Trains, per seed, the one-layer softmax attention + MLP (the default config of
+icl_theory/configs/classify.py) and the 3-layer, 2-head GPT-2-style transformer
+(model='gpt', Adam), both on the same prompts: the 12 training tasks, alpha = 1/2,
+l = 20, hinge loss. Then, on fresh prompts of l = 20 (out of domain: ODR patterns
+S1/2 (mu_2k + mu_2k+1), new irrelevant directions), writes to OUT/ood/:
+
+  ood_by_s1.csv        per model, alpha' and S1: the ICL error (mean over seeds, its
+                       standard error over seeds, and the largest Monte Carlo
+                       standard error of a seed), majority vote's error, the attention
+                       on the query's pattern (the model's returned attention)
+  error_by_alpha.csv   per model and alpha': training tasks, unseen tasks (in domain)
+                       and out of domain at S1 = 1, beside majority vote
+  runs.csv             every run's rows, per seed (the tables above average them)
+  summary.json         the settings, each run's training figures, and per model and
+                       alpha' the largest error over S1 >= 1 and the smallest below
+  ood_vs_s1.png        error against S1 per model, one line per alpha', majority vote dashed
+  error_vs_alpha.png   in-domain against out-of-domain error across alpha', per model
+
+alpha' = 0.3 is where the majority of the context labels is always wrong: only
+attention to the query's pattern classifies there. alpha' = 0.8 is the seed
+paper's figure's setting, where majority vote alone is right.
+
+With --workdir the runs are kept there and a rerun resumes: finished evaluations
+are read back, unfinished training resumes from its checkpoint. About 6 minutes
+on 2 CPU cores.
+"""
+
+import csv
+import io
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+import icl_theory
+from icl_theory import files, plotting
+from icl_theory.configs import classify
+from icl_theory.experiments import classification
+
+_OUT = flags.DEFINE_string("out", os.path.join("results", "classify"), "Folder for the ood/ result folder.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the runs here (resumable); default: a temporary folder.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per model (0, 1, ...).", lower_bound=1)
+
+S1S = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+OOD_ALPHAS = (0.3, 0.5, 0.8)   # alpha' of the S1 curves
+ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # alpha' of the in- against out-of-domain curves
+PROMPT_LEN = 20
+EVAL_SAMPLES = 4096
+NEAR_ZERO = 0.05  # an error at or below this counts as near zero in the verdicts
+# The two models, as changes to the default classification config.
+MODELS = {
+    "one_layer": {},
+    # Adam: the hinge loss reaches 0 on the training tasks within ~200 steps, after which nothing moves.
+    "gpt": dict(model="gpt", optimizer="adam", learning_rate=1e-3, steps=600),
+}
+
+
+def run_config(name: str, seed: int) -> ml_collections.ConfigDict:
+  """The model's training config; its own evaluation is kept small (this script evaluates separately)."""
+  config = classify.get_config()
+  config.update(**MODELS[name])
+  config.update(seed=seed, prompt_len=PROMPT_LEN, test_prompt_len=PROMPT_LEN, test_prompt_lens=(PROMPT_LEN,),
+                test_alphas=(0.3,), test_s1s=(1.0,), eval_samples=2048, checkpoint_every=200, log_every=100)
+  return config
+
+
+def evaluate_run(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
+  """The run's rows: out of domain over S1 x OOD_ALPHAS, and every domain over ALPHAS (OOD at S1 = 1).
+
+  Keys as in classification.evaluate: one per domain, so the rows of a domain are
+  paired (the same draws, at different S1 or alpha').
+  """
+  evaluator = classification.Evaluator(classification.make_model(config), EVAL_SAMPLES)
+  root = classification.eval_key(config.seed)
+  key = {domain: jax.random.fold_in(root, i) for i, domain in enumerate(classification.PREFIXES)}
+
+  def measure(table: str, domain: str, alpha: float, s1: float | None) -> dict:
+    task = result.task.with_s1(s1) if domain == "ood" else result.task
+    values = evaluator(result.params, task, key[domain], PROMPT_LEN, alpha, domain, "v")
+    return {"table": table, "domain": domain, "alpha_test": alpha, "s1": s1, "error": values["v_error"],
+            "error_stderr": values["v_error_stderr"], "majority_vote_error": values["v_majority_vote_error"],
+            "attention_same": values["v_attention_same"]}
+
+  rows = [measure("ood_by_s1", "ood", a, s1) for a in OOD_ALPHAS for s1 in S1S]
+  rows += [measure("error_by_alpha", domain, a, 1.0 if domain == "ood" else None)
+           for a in ALPHAS for domain in classification.PREFIXES]
+  return rows
+
+
+def _evaluation() -> dict:
+  """What evaluate_run measures: a kept record of other settings is not read back."""
+  return files.to_builtin({"s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS, "prompt_len": PROMPT_LEN,
+                           "eval_samples": EVAL_SAMPLES})
+
+
+def run_model(name: str, seed: int, workdir: str) -> dict:
+  """Trains (or resumes) one run and evaluates it; the finished record is kept in its folder."""
+  run_dir = os.path.join(workdir, name, f"seed{seed}")
+  record_path = os.path.join(run_dir, "ood_rows.json")
+  config = run_config(name, seed)
+  if os.path.exists(record_path):
+    record = files.read_json(record_path)
+    if record.get("config") != files.to_builtin(config.to_dict()) or record.get("evaluation") != _evaluation():
+      raise icl_theory.ConfigError(f"workdir={workdir!r} holds {name} seed {seed} of other settings: "
+                                   "use a new --workdir")
+    logging.info("%s seed %d: read back from %s", name, seed, record_path)
+    return record
+  result = icl_theory.train(config, run_dir)
+  t0 = time.perf_counter()
+  rows = evaluate_run(result, config)
+  summary = result.summary
+  record = {"model": name, "seed": seed, "description": classification.describe_model(config),
+            "config": config.to_dict(), "evaluation": _evaluation(),
+            "final_train_loss": summary["final_train_loss"], "steps": summary["steps"],
+            "train_seconds": summary["train_seconds"], "eval_seconds": time.perf_counter() - t0,
+            "rows": [{"model": name, "seed": seed, **row} for row in rows]}
+  files.write_json(record_path, record)
+  logging.info("%s seed %d: trained and evaluated (%.0f s evaluating)", name, seed, record["eval_seconds"])
+  return record
+
+
+def aggregate(rows: list[dict], table: str) -> list[dict]:
+  """Mean over seeds per (model, domain, alpha', S1), with the standard error over seeds."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    if row["table"] == table:
+      groups.setdefault((row["model"], row["domain"], row["alpha_test"], row["s1"]), []).append(row)
+  out = []
+  for (model, domain, alpha, s1), group in groups.items():
+    errors = np.array([r["error"] for r in group])
+    out.append({"model": model, "domain": domain, "alpha_test": alpha, "s1": s1, "seeds": len(group),
+                "error": errors.mean(),
+                "error_se_seeds": errors.std(ddof=1) / np.sqrt(len(group)) if len(group) > 1 else None,
+                "error_stderr_mc_max": max(r["error_stderr"] for r in group),
+                "error_min_seed": errors.min(), "error_max_seed": errors.max(),
+                "majority_vote_error": float(np.mean([r["majority_vote_error"] for r in group])),
+                "attention_same": float(np.mean([r["attention_same"] for r in group]))})
+  return out
+
+
+def verdicts(by_s1: list[dict]) -> list[dict]:
+  """Per model and alpha': the largest mean error over S1 >= 1, the smallest below, against NEAR_ZERO."""
+  out = []
+  for model in MODELS:
+    for alpha in OOD_ALPHAS:
+      curve = [r for r in by_s1 if r["model"] == model and r["alpha_test"] == alpha]
+      at_least_one = max(r["error"] for r in curve if r["s1"] >= 1)
+      below_one = min(r["error"] for r in curve if r["s1"] < 1)
+      out.append({"model": model, "alpha_test": alpha, "max_error_s1_at_least_1": at_least_one,
+                  "min_error_s1_below_1": below_one,
+                  "majority_vote_error": float(np.mean([r["majority_vote_error"] for r in curve])),
+                  "near_zero_for_s1_at_least_1": bool(at_least_one <= NEAR_ZERO),
+                  "not_near_zero_below_1": bool(below_one > NEAR_ZERO)})
+  return out
+
+
+def _write_csv(rows: list[dict], path: str) -> None:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+  writer.writeheader()
+  writer.writerows({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                   for row in rows)
+  files.atomic_write_text(path, buffer.getvalue())
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+    sys.exit(2)
+  if _OUT.value and os.path.isfile(_OUT.value):
+    print(f"error: out={_OUT.value!r} is not allowed: a folder, not a file", file=sys.stderr)
+    sys.exit(2)
+  t_start = time.perf_counter()
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = _WORKDIR.value or tmp
+    try:
+      records = [run_model(name, seed, workdir) for name in MODELS for seed in range(_SEEDS.value)]
+    except icl_theory.ConfigError as error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
+  rows = [row for record in records for row in record["rows"]]
+  by_s1, by_alpha = aggregate(rows, "ood_by_s1"), aggregate(rows, "error_by_alpha")
+  target = os.path.join(_OUT.value, "ood")
+  os.makedirs(target, exist_ok=True)
+  _write_csv(by_s1, os.path.join(target, "ood_by_s1.csv"))
+  _write_csv(by_alpha, os.path.join(target, "error_by_alpha.csv"))
+  _write_csv(rows, os.path.join(target, "runs.csv"))
+  settings = {"prompt_len": PROMPT_LEN, "eval_samples_per_estimate": EVAL_SAMPLES, "seeds": _SEEDS.value,
+              "near_zero": NEAR_ZERO, "s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS,
+              "models": {name: {"description": classification.describe_model(run_config(name, 0)),
+                                "config_changes": changes} for name, changes in MODELS.items()}}
+  files.write_json(os.path.join(target, "summary.json"), {
+      "settings": settings, "verdicts": verdicts(by_s1),
+      "runs": [{k: v for k, v in record.items() if k not in ("rows", "config", "evaluation")} for record in records],
+      "wall_seconds": time.perf_counter() - t_start})
+  plotting.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"))
+  plotting.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
+  for v in verdicts(by_s1):
+    logging.info("%-9s alpha'=%.1f: max error over S1 >= 1: %.4f; min error below: %.4f (majority vote %.3f)",
+                 v["model"], v["alpha_test"], v["max_error_s1_at_least_1"], v["min_error_s1_below_1"],
+                 v["majority_vote_error"])
+  logging.info("written to %s in %.0f s", target, time.perf_counter() - t_start)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
