@@ -15,6 +15,11 @@ S1/2 (mu_2k + mu_2k+1), new irrelevant directions), writes to OUT/ood/:
   error_by_alpha.csv   per model and alpha': training tasks, unseen tasks (in domain)
                        and out of domain at S1 = 1, beside majority vote
   runs.csv             every run's rows, per seed (the tables above average them)
+  gpt_attention_by_layer.csv
+                       the transformer's query attention on its pattern's contexts by
+                       layer: the head most on it, the head least on it, their mean
+                       (per seed, then averaged), on training and unseen tasks and out
+                       of domain at S1 = 1 and 2, alpha' = 0.3 and 0.5
   summary.json         the settings, each run's training figures, and per model and
                        alpha' the largest error over S1 >= 1 and the smallest below
   ood_vs_s1.png        error against S1 per model, one line per alpha', majority vote dashed
@@ -30,6 +35,7 @@ on 2 CPU cores.
 """
 
 import csv
+import functools
 import io
 import os
 import sys
@@ -38,6 +44,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
@@ -46,6 +53,7 @@ import icl_theory
 from icl_theory import files, plotting
 from icl_theory.configs import classify
 from icl_theory.experiments import classification
+from icl_theory.tasks.classification import prompt_tokens, sample_prompts
 
 _OUT = flags.DEFINE_string("out", os.path.join("results", "classify"), "Folder for the ood/ result folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Keep the runs here (resumable); default: a temporary folder.")
@@ -56,6 +64,11 @@ OOD_ALPHAS = (0.3, 0.5, 0.8)   # alpha' of the S1 curves
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # alpha' of the in- against out-of-domain curves
 PROMPT_LEN = 20
 EVAL_SAMPLES = 4096
+# gpt: the query's attention by layer and head, in these domains (S1 for ood) and alpha'.
+LAYER_DOMAINS = (("train", None), ("unseen", None), ("ood", 1.0), ("ood", 2.0))
+LAYER_ALPHAS = (0.3, 0.5)
+LAYER_SAMPLES = 2048
+_LAYER_STREAM = 17  # the layer-attention prompts' key: eval_key(seed) folded with this
 NEAR_ZERO = 0.05  # an error at or below this counts as near zero in the verdicts
 # The two models, as changes to the default classification config.
 MODELS = {
@@ -97,36 +110,91 @@ def evaluate_run(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
   return rows
 
 
+def _layer_settings() -> dict:
+  return files.to_builtin({"domains": LAYER_DOMAINS, "alphas": LAYER_ALPHAS, "samples": LAYER_SAMPLES,
+                           "prompt_len": PROMPT_LEN})
+
+
 def _evaluation() -> dict:
   """What evaluate_run measures: a kept record of other settings is not read back."""
   return files.to_builtin({"s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS, "prompt_len": PROMPT_LEN,
                            "eval_samples": EVAL_SAMPLES})
 
 
-def run_model(name: str, seed: int, workdir: str) -> dict:
-  """Trains (or resumes) one run and evaluates it; the finished record is kept in its folder."""
+def layer_attention(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
+  """gpt only: per layer, the query's attention on its pattern's contexts, for the head most and least on it.
+
+  The model returns only its last layer's head mean; the mechanism may sit in an
+  earlier layer or in one head. Heads are not matched across seeds (which head
+  does what is a seed's accident), so each seed reports its max and min head.
+  """
+  model = classification.make_model(config)
+
+  @functools.partial(jax.jit, static_argnums=(3, 4))
+  def masses(params, task, key, alpha: float, domain: str) -> jax.Array:
+    prompts = sample_prompts(key, task, LAYER_SAMPLES, PROMPT_LEN, alpha, domain)
+    _, state = model.apply({"params": params}, *prompt_tokens(prompts, task.q), mutable=["intermediates"])
+    return jnp.stack([(attention_BxHxL * prompts.same_pattern[:, None, :]).sum(-1).mean(0)
+                      for (attention_BxHxL,) in (state["intermediates"][f"attention_layer{k}"]
+                                                 for k in range(config.num_layers))])  # (layers, heads)
+
+  root = jax.random.fold_in(classification.eval_key(config.seed), _LAYER_STREAM)
+  rows = []
+  for i, (domain, s1) in enumerate(LAYER_DOMAINS):
+    task = result.task.with_s1(s1) if domain == "ood" else result.task
+    for alpha in LAYER_ALPHAS:
+      mass_NxH = np.asarray(masses(result.params, task, jax.random.fold_in(root, i), alpha, domain))
+      rows += [{"domain": domain, "s1": s1, "alpha_test": alpha, "layer": layer, "head_max": float(m.max()),
+                "head_min": float(m.min()), "head_mean": float(m.mean())} for layer, m in enumerate(mass_NxH)]
+  return rows
+
+
+def run_model(name: str, seed: int, workdir: str) -> tuple[dict, list[dict]]:
+  """Trains (or resumes) one run and evaluates it; finished records are kept in its folder and read back.
+
+  Returns the record of `evaluate_run` and, for gpt, the rows of `layer_attention` (else []).
+  """
   run_dir = os.path.join(workdir, name, f"seed{seed}")
-  record_path = os.path.join(run_dir, "ood_rows.json")
+  record_path, layers_path = os.path.join(run_dir, "ood_rows.json"), os.path.join(run_dir, "attention_by_layer.json")
   config = run_config(name, seed)
+  record = layers = None
   if os.path.exists(record_path):
     record = files.read_json(record_path)
     if record.get("config") != files.to_builtin(config.to_dict()) or record.get("evaluation") != _evaluation():
       raise icl_theory.ConfigError(f"workdir={workdir!r} holds {name} seed {seed} of other settings: "
                                    "use a new --workdir")
-    logging.info("%s seed %d: read back from %s", name, seed, record_path)
-    return record
+    if os.path.exists(layers_path) and files.read_json(layers_path)["settings"] == _layer_settings():
+      layers = files.read_json(layers_path)["rows"]
+  wants_layers = config.model == "gpt"
+  if record is not None and (layers is not None or not wants_layers):
+    logging.info("%s seed %d: read back from %s", name, seed, run_dir)
+    return record, layers or []
   result = icl_theory.train(config, run_dir)
-  t0 = time.perf_counter()
-  rows = evaluate_run(result, config)
-  summary = result.summary
-  record = {"model": name, "seed": seed, "description": classification.describe_model(config),
-            "config": config.to_dict(), "evaluation": _evaluation(),
-            "final_train_loss": summary["final_train_loss"], "steps": summary["steps"],
-            "train_seconds": summary["train_seconds"], "eval_seconds": time.perf_counter() - t0,
-            "rows": [{"model": name, "seed": seed, **row} for row in rows]}
-  files.write_json(record_path, record)
-  logging.info("%s seed %d: trained and evaluated (%.0f s evaluating)", name, seed, record["eval_seconds"])
-  return record
+  if record is None:
+    t0 = time.perf_counter()
+    rows = evaluate_run(result, config)
+    summary = result.summary
+    record = {"model": name, "seed": seed, "description": classification.describe_model(config),
+              "config": config.to_dict(), "evaluation": _evaluation(),
+              "final_train_loss": summary["final_train_loss"], "steps": summary["steps"],
+              "train_seconds": summary["train_seconds"], "eval_seconds": time.perf_counter() - t0,
+              "rows": [{"model": name, "seed": seed, **row} for row in rows]}
+    files.write_json(record_path, record)
+    logging.info("%s seed %d: trained and evaluated (%.0f s evaluating)", name, seed, record["eval_seconds"])
+  if wants_layers:
+    layers = [{"model": name, "seed": seed, **row} for row in layer_attention(result, config)]
+    files.write_json(layers_path, {"settings": _layer_settings(), "rows": layers})
+  return record, layers or []
+
+
+def aggregate_layers(rows: list[dict]) -> list[dict]:
+  """Mean over seeds per (domain, S1, alpha', layer) of each seed's max-head, min-head and head-mean mass."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault((row["model"], row["domain"], row["s1"], row["alpha_test"], row["layer"]), []).append(row)
+  return [{"model": model, "domain": domain, "s1": s1, "alpha_test": alpha, "layer": layer, "seeds": len(group),
+           **{k: float(np.mean([r[k] for r in group])) for k in ("head_max", "head_min", "head_mean")}}
+          for (model, domain, s1, alpha, layer), group in groups.items()]
 
 
 def aggregate(rows: list[dict], table: str) -> list[dict]:
@@ -184,17 +252,20 @@ def main(argv) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     workdir = _WORKDIR.value or tmp
     try:
-      records = [run_model(name, seed, workdir) for name in MODELS for seed in range(_SEEDS.value)]
+      done = [run_model(name, seed, workdir) for name in MODELS for seed in range(_SEEDS.value)]
     except icl_theory.ConfigError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)
+  records = [record for record, _ in done]
   rows = [row for record in records for row in record["rows"]]
+  by_layer = aggregate_layers([row for _, layers in done for row in layers])
   by_s1, by_alpha = aggregate(rows, "ood_by_s1"), aggregate(rows, "error_by_alpha")
   target = os.path.join(_OUT.value, "ood")
   os.makedirs(target, exist_ok=True)
   _write_csv(by_s1, os.path.join(target, "ood_by_s1.csv"))
   _write_csv(by_alpha, os.path.join(target, "error_by_alpha.csv"))
   _write_csv(rows, os.path.join(target, "runs.csv"))
+  _write_csv(by_layer, os.path.join(target, "gpt_attention_by_layer.csv"))
   settings = {"prompt_len": PROMPT_LEN, "eval_samples_per_estimate": EVAL_SAMPLES, "seeds": _SEEDS.value,
               "near_zero": NEAR_ZERO, "s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS,
               "models": {name: {"description": classification.describe_model(run_config(name, 0)),
