@@ -268,12 +268,13 @@ def main(argv) -> None:
   _write_csv(by_layer, os.path.join(target, "gpt_attention_by_layer.csv"))
   settings = {"prompt_len": PROMPT_LEN, "eval_samples_per_estimate": EVAL_SAMPLES, "seeds": _SEEDS.value,
               "near_zero": NEAR_ZERO, "s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS,
+              "layer_attention": _layer_settings(),
               "models": {name: {"description": classification.describe_model(run_config(name, 0)),
                                 "config_changes": changes} for name, changes in MODELS.items()}}
   files.write_json(os.path.join(target, "summary.json"), {
       "settings": settings, "verdicts": verdicts(by_s1),
       "runs": [{k: v for k, v in record.items() if k not in ("rows", "config", "evaluation")} for record in records],
-      "wall_seconds": time.perf_counter() - t_start})
+      "wall_seconds_this_process": time.perf_counter() - t_start})  # a resumed run: only what it redid
   plotting.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"))
   plotting.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
   for v in verdicts(by_s1):
