@@ -4,11 +4,12 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import icl_theory
-from icl_theory import theory
+from icl_theory import baselines, theory
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.experiments import lsa_regression
 
@@ -109,6 +110,32 @@ def test_workdir_of_another_config_is_refused(tmp_path):
 def test_bad_config_names_the_field(field, value):
   with pytest.raises(icl_theory.ConfigError, match=f"^{field}="):
     lsa_regression.validate_config(_config(**{field: value}))
+
+
+def test_frozen_vanishing_parts_need_a_zero_start():
+  with pytest.raises(icl_theory.ConfigError, match="^vanishing_init_scale=0.01 is not allowed with freeze"):
+    lsa_regression.validate_config(_config(freeze_vanishing_parts=True, vanishing_init_scale=0.01))
+
+
+def test_frozen_vanishing_parts_stay_zero_and_reach_the_optimum(tmp_path):
+  # Explicit tokens, so that p_x and q21 would get noisy gradients if they were trained.
+  result = icl_theory.train(_config(noise_std=0.5, sampler="tokens", freeze_vanishing_parts=True, steps=1000),
+                            str(tmp_path))
+  assert result.summary["p_x_norm"] == 0.0 and result.summary["q21_norm"] == 0.0
+  assert _rel_error(_gamma(result), 10 / (10 + 3 + 1 + 0.25) * np.eye(3)) < 0.03
+
+
+def test_two_layers_beat_two_steps_of_gd(tmp_path):
+  # Beyond the paper: a trained 2-layer LSA against 2 steps of GD at their best step size.
+  result = icl_theory.train(_config(noise_std=0.5, num_layers=2, learning_rate=0.01), str(tmp_path))
+  summary = result.summary
+  assert summary["effective_gamma"] is None and summary["gamma_rel_error"] is None  # one-layer notions
+  gd = baselines.best_multi_step_gd_lr(result.task, jax.random.PRNGKey(3), 2, 2**15)
+  gd_risk = baselines.multi_step_gd_risks(jax.random.PRNGKey(4), result.task, jnp.array([gd.lr]), 2, 2**15,
+                                          jnp.eye(3))
+  margin = 4 * np.hypot(summary["model_risk_mc_stderr"], float(gd_risk.stderr[0]))
+  assert summary["model_risk_mc"] + margin < float(gd_risk.value[0]), (summary["model_risk_mc"], gd_risk)
+  assert summary["ridge_risk"] < summary["model_risk_mc"]  # and stays above Bayes
 
 
 def test_wishart_sampler_needs_a_linear_response():

@@ -44,6 +44,11 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   check_int("num_layers", config.num_layers, 1)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
   check_float("vanishing_init_scale", config.vanishing_init_scale, minimum=0.0)
+  if not isinstance(config.freeze_vanishing_parts, bool):
+    raise ConfigError(f"freeze_vanishing_parts={config.freeze_vanishing_parts!r} is not allowed: True or False")
+  if config.freeze_vanishing_parts and config.vanishing_init_scale != 0:
+    raise ConfigError(f"vanishing_init_scale={config.vanishing_init_scale!r} is not allowed with "
+                      "freeze_vanishing_parts=True: 0, so that the frozen p_x and q21 are 0")
   trainer.validate_training_fields(config)
   check_int("seed", config.seed, 0)
   check_choice("sampler", config.sampler, SAMPLERS)
@@ -62,6 +67,19 @@ def make_optimizer(config: ml_collections.ConfigDict):
 def uses_wishart(task: RegressionTask, sampler: str) -> bool:
   """'auto' samples the context's statistic where the data are Gaussian, the tokens elsewhere."""
   return sampler == "wishart" or (sampler == "auto" and task.is_gaussian)
+
+
+def freeze_vanishing(params: Any) -> Any:
+  """Each layer with p_x and q21 (the last row's first d entries of W_PV and W_KQ) held at 0.
+
+  The sparse parameterisation of Ahn et al. and Zhang, Frei, Bartlett: the
+  product with a 0/1 mask passes no gradient to those entries, so they keep
+  their initial 0 under any optimizer. An ablation, not the default: the
+  theorem is about the full parameterisation.
+  """
+  def mask(w_DxD):
+    return w_DxD * jnp.ones_like(w_DxD).at[-1, :-1].set(0.0)
+  return {name: {k: mask(w) for k, w in layer.items()} for name, layer in params.items()}
 
 
 def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> trainer.Objective:
@@ -93,6 +111,9 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> t
     return jnp.mean(jnp.sum(error_dxB * (task.cov_x @ error_dxB), axis=0)) + task.noise_std**2
 
   loss = wishart_loss if uses_wishart(task, config.sampler) else token_loss
+  if config.freeze_vanishing_parts:
+    full_loss = loss
+    loss = lambda params, key, task: full_loss(freeze_vanishing(params), key, task)
   return trainer.Objective(init=init, loss=loss, batch_size=batch_size)
 
 
