@@ -29,13 +29,15 @@ from icl_theory.validation import ConfigError, check_int, fail
 # Processes that finish their runs early wait this long at exit for the others
 # (jax.distributed's shutdown barrier; its default of 5 minutes is shorter than a sweep).
 SHUTDOWN_TIMEOUT_SECONDS = 7 * 24 * 3600
+# What srun sets in each task, and what jax.distributed.initialize() needs to find its peers.
+_SLURM_STEP = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
 
 def launcher_processes() -> int:
   """How many processes a cluster launcher says it started (1 when none did)."""
   env = os.environ
-  if "SLURM_JOB_ID" in env and "SLURM_PROCID" in env:  # inside an srun step
-    return int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+  if all(name in env for name in _SLURM_STEP):  # inside an srun step, as JAX reads it
+    return int(env["SLURM_NTASKS"])
   if "OMPI_COMM_WORLD_SIZE" in env:
     return int(env["OMPI_COMM_WORLD_SIZE"])
   if env.get("TPU_WORKER_HOSTNAMES"):

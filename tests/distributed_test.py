@@ -136,21 +136,47 @@ def test_assign_balances_costs_deterministically():
 
 
 def test_launcher_processes_reads_slurm_and_mpi(monkeypatch):
-  for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE",
-               "TPU_WORKER_HOSTNAMES"):
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+  for name in (*slurm, "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(name, raising=False)
   assert distributed.launcher_processes() == 1
-  monkeypatch.setenv("SLURM_JOB_ID", "7")
-  monkeypatch.setenv("SLURM_NTASKS", "8")
+  for name, value in zip(slurm[:3], ("7", "node[01-08]", "8")):
+    monkeypatch.setenv(name, value)
   assert distributed.launcher_processes() == 1  # an allocation, but not inside an srun step
   monkeypatch.setenv("SLURM_PROCID", "3")
+  monkeypatch.setenv("SLURM_LOCALID", "0")
   assert distributed.launcher_processes() == 8
-  monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
-  assert distributed.launcher_processes() == 4
-  for name in ("SLURM_JOB_ID", "SLURM_PROCID"):
+  for name in slurm:
     monkeypatch.delenv(name)
   monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
   assert distributed.launcher_processes() == 2
+  monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1,t2,t3")
+  assert distributed.launcher_processes() == 4
+
+
+def _connect_child() -> None:
+  """Starts jax.distributed from the environment alone, as under srun; prints who it is."""
+  import jax
+  started = distributed.initialize()
+  distributed.barrier("test: connected")
+  print(json.dumps({"started": started, "process": jax.process_index(), "count": jax.process_count(),
+                    "devices": jax.device_count(), "local": jax.local_device_count()}))
+
+
+def test_srun_is_detected_without_flags():
+  # What srun would set for a 2-task step on this host; the port as JAX_COORDINATOR_PORT.
+  env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
+         "JAX_COORDINATOR_PORT": str(_free_port())}
+  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "connect"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  seen = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert [s["process"] for s in seen] == [0, 1]
+  assert all(s["started"] and s["count"] == 2 and s["devices"] == 2 * s["local"] for s in seen)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -175,5 +201,4 @@ def test_bad_flag_on_the_command_line_is_one_message():
 
 
 if __name__ == "__main__":
-  if sys.argv[1:] == ["data_parallel"]:
-    _data_parallel_child()
+  {"data_parallel": _data_parallel_child, "connect": _connect_child}[sys.argv[1]]()
