@@ -414,3 +414,211 @@ def plot_error_vs_alpha(table: Sequence[dict], path: str) -> None:
            ylim=(-0.03, 1.03), title=_OOD_MODEL_TITLES.get(model, model))
     ax.legend(fontsize=7)
   _save(fig, path)
+
+
+# --- seed 001's claims on the classifier (scripts/classify_paper.py) ------------------------------------------------
+
+
+_ERROR_FLOOR = 1e-5  # errors below this (and exact zeros) are drawn at it on log axes
+
+
+def plot_prompt_length_claim(rows: Sequence[dict], needed: Sequence[dict], fits: Sequence[dict],
+                             directory: str) -> None:
+  """prompt_length.png: error against l per alpha' (ICL, ideal reader, majority vote); the l needed against 1/alpha'."""
+  alphas = sorted({r["alpha_test"] for r in rows})
+  fig, (ax_err, ax_need, ax_exact) = plt.subplots(1, 3, figsize=(17, 4.6))
+  for color, alpha in zip(plt.cm.viridis(np.linspace(0, 0.85, len(alphas))), alphas):
+    at = sorted((r for r in rows if r["alpha_test"] == alpha), key=lambda r: r["test_prompt_len"])
+    lengths = [r["test_prompt_len"] for r in at]
+    ax_err.plot(lengths, np.maximum([r["icl_error"] for r in at], _ERROR_FLOOR), "o", color=color, ms=4,
+                label=f"ICL, $\\alpha'$ = {alpha:g}")
+    ax_err.plot(lengths, np.maximum([r["ideal_error"] for r in at], _ERROR_FLOOR), "-", color=color, lw=1)
+    ax_err.plot(lengths, np.maximum([r["majority_vote_error"] for r in at], _ERROR_FLOOR), ":", color=color, lw=1)
+    ax_exact.plot(lengths, [r["exact_count_icl_error"] for r in at], "o-", color=color, ms=3,
+                  label=f"ICL, $\\alpha'$ = {alpha:g}")
+    ax_exact.plot(lengths, [r["exact_count_majority_vote_error"] for r in at], ":", color=color, lw=1)
+  ax_err.plot([], [], "k-", lw=1, label="ideal reader: $(1-\\alpha')^l$")
+  ax_err.plot([], [], "k:", lw=1, label="majority vote")
+  ax_err.set(xscale="log", yscale="log", ylim=(_ERROR_FLOOR / 2, 1.5), xlabel="test prompt length l",
+             ylabel=f"error (unseen tasks; < {_ERROR_FLOOR:g} drawn at it)",
+             title="Each context shares the query's pattern w.p. $\\alpha'$")
+  ax_err.legend(fontsize=7)
+
+  markers = dict(zip(sorted({r["target_error"] for r in needed}), "os^D"))
+  for (target, marker), color in zip(markers.items(), ("C0", "C3", "C2", "C4")):
+    at = [r for r in needed if r["target_error"] == target and r["icl_length_needed"] is not None
+          and np.isfinite(r["icl_length_needed"])]
+    fit = next(f for f in fits if f["target_error"] == target)
+    open_ = [r for r in at if r["icl_censored"]]
+    closed = [r for r in at if not r["icl_censored"]]
+    ax_need.plot([r["inverse_alpha"] for r in closed], [r["icl_length_needed"] for r in closed], marker,
+                 color=color, label=f"ICL, error {target:g}" + (f": slope {fit['icl_slope']:.2f}"
+                                                               if fit["icl_slope"] is not None else ""))
+    ax_need.plot([r["inverse_alpha"] for r in open_], [r["icl_length_needed"] for r in open_], marker, color=color,
+                 mfc="none", label=f"already at l = 1 (not fitted)" if open_ else None)
+    ideal = [r for r in needed if r["target_error"] == target and r["alpha_test"] < 1]
+    ax_need.plot([r["inverse_alpha"] for r in ideal], [r["ideal_length_needed"] for r in ideal], "-", color=color,
+                 lw=1, label=f"ideal reader, error {target:g}: slope {fit['ideal_slope_alpha_below_1']:.2f}")
+    if fit["icl_slope"] is not None and len(closed) >= 2:
+      x = np.array([r["inverse_alpha"] for r in closed])
+      y = np.array([r["icl_length_needed"] for r in closed])
+      intercept = np.mean(np.log(y) - fit["icl_slope"] * np.log(x))
+      grid = np.geomspace(x.min(), x.max(), 20)
+      ax_need.plot(grid, np.exp(intercept) * grid ** fit["icl_slope"], "--", color=color, lw=0.8)
+  ax_need.set(xscale="log", yscale="log", xlabel="$1/\\alpha'$", ylabel="prompt length needed for the error",
+              title="Length needed against $1/\\alpha'$ (claim: slope ~1)")
+  ax_need.legend(fontsize=7)
+
+  ax_exact.plot([], [], "k:", lw=1, label="majority vote")
+  ax_exact.set(xscale="log", ylim=(-0.03, 1.03), xlabel="test prompt length l", ylabel="error (unseen tasks)",
+               title="The sampler's exact count round($\\alpha'$ l) $\\geq$ 1")
+  ax_exact.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "prompt_length.png"))
+
+
+def plot_mechanism_claim(rows: Sequence[dict], neurons: Sequence[dict], alpha: float, largest: int,
+                         directory: str) -> None:
+  """attention_over_training.png, qk_norms.png and neurons.png from the mechanism claim's table."""
+  steps = [r["step"] for r in rows]
+  fig, (ax_mass, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for domain, color in (("train", "C0"), ("unseen", "C1")):
+    ax_mass.plot(steps, [r[f"{domain}_attention_same"] for r in rows], "o-", ms=3, color=color,
+                 label=f"{domain} tasks")
+    ax_err.plot(steps, [r[f"{domain}_error"] for r in rows], "o-", ms=3, color=color, label=f"ICL, {domain} tasks")
+  ax_mass.axhline(alpha, color="gray", ls=":", label=f"uniform attention ($\\alpha$ = {alpha:g})")
+  ax_mass.axhline(1.0, color="k", ls="--", lw=0.8, label="all attention on the query's pattern")
+  ax_mass.set(xlabel="training step", ylabel="attention on same-pattern contexts", ylim=(0, 1.05),
+              title=f"Attention concentrates on the query's pattern ($\\alpha'$ = {alpha:g})")
+  ax_mass.legend(fontsize=7)
+  ax_err.axhline(0.5, color="gray", ls=":", label="majority vote (a tie at $\\alpha'$ = 1/2)")
+  ax_err.set(xlabel="training step", ylabel="classification error", ylim=(-0.02, 0.6), title="Error during training")
+  ax_err.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "attention_over_training.png"))
+
+  fig, (ax_norm, ax_score) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for domain, style in (("train", "-"), ("unseen", "--")):
+    ax_norm.plot(steps, [r[f"{domain}_key_norm_same"] for r in rows], style, color="C0",
+                 label=f"|W_K p_i|, same pattern ({domain})")
+    ax_norm.plot(steps, [r[f"{domain}_key_norm_other"] for r in rows], style, color="C3",
+                 label=f"|W_K p_i|, other pattern ({domain})")
+    ax_score.plot(steps, [r[f"{domain}_score_same"] for r in rows], style, color="C0", label=f"same pattern ({domain})")
+    ax_score.plot(steps, [r[f"{domain}_score_other"] for r in rows], style, color="C3",
+                  label=f"other pattern ({domain})")
+  ax_norm.plot(steps, [r["train_query_norm"] for r in rows], "-", color="k", label="|W_Q p_query| (train)")
+  ax_norm.set(xlabel="training step", ylabel="norm (mean over prompts)", title="Query and key norms")
+  ax_norm.legend(fontsize=7)
+  ax_score.set(xlabel="training step", ylabel="$(W_K p_i)^T W_Q p_{query}$ (mean)", title="Attention scores")
+  ax_score.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "qk_norms.png"))
+
+  fig, (ax_mag, ax_cos, ax_time) = plt.subplots(1, 3, figsize=(16, 4.4))
+  order = sorted(neurons, key=lambda n: -n["magnitude"])
+  colors = ["C0" if n["sign"] > 0 else "C3" for n in order]
+  ax_mag.bar(range(len(order)), [n["magnitude"] for n in order], color=colors)
+  ax_mag.bar([0], [0], color="C0", label="$a_i > 0$")
+  ax_mag.bar([0], [0], color="C3", label="$a_i < 0$")
+  ax_mag.set(xlabel="neuron (sorted by magnitude)", ylabel="|row of $W_O W_V$|", title="Neuron magnitudes (final)")
+  ax_mag.legend(fontsize=7)
+  for sign, color, label in ((1, "C0", "$a_i > 0$"), (-1, "C3", "$a_i < 0$")):
+    group = [n for n in neurons if n["sign"] == sign]
+    top = [n for n in group if n["largest_of_its_sign"]]
+    ax_cos.scatter([n["cos_mean_idr"] for n in group], [n["cos_q"] for n in group],
+                   s=[6 * n["magnitude"] for n in group], facecolors="none", edgecolors=color, label=f"{label}, all")
+    ax_cos.scatter([n["cos_mean_idr"] for n in top], [n["cos_q"] for n in top], s=[6 * n["magnitude"] for n in top],
+                   color=color, label=f"{label}, the {largest} largest")
+  ax_cos.axhline(1, color="gray", lw=0.6)
+  ax_cos.axhline(-1, color="gray", lw=0.6)
+  ax_cos.axvline(1, color="gray", lw=0.6)
+  ax_cos.set(xlim=(-1.05, 1.05), ylim=(-1.1, 1.1), xlabel="cos(first $d_X$ entries, mean IDR pattern)",
+             ylabel="cos(last $d_Y$ entries, q)", title="Neuron directions (final; area ~ magnitude)")
+  ax_cos.legend(fontsize=7)
+  for sign, color in (("positive", "C0"), ("negative", "C3")):
+    ax_time.plot(steps, [r[f"{sign}_cos_idr"] for r in rows], "-", color=color,
+                 label=f"{sign} $a_i$: cos with mean IDR")
+    ax_time.plot(steps, [r[f"{sign}_cos_q"] for r in rows], "--", color=color, label=f"{sign} $a_i$: cos with q")
+  ax_time.axhline(0, color="gray", lw=0.6)
+  ax_time.set(xlabel="training step", ylabel="mean cosine", ylim=(-1.05, 1.05),
+              title=f"The {largest} largest neurons of each sign, over training")
+  ax_time.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "neurons.png"))
+
+
+def plot_pruning_claim(rows: Sequence[dict], row_norms: Sequence[float], signs: Sequence[float],
+                       directory: str) -> None:
+  """pruning.png: per alpha', error and mean margin y F(P) against the pruning rate per strategy;
+  row_magnitudes.png: the histogram of |W_O[i]|."""
+  alphas = sorted({r["alpha_test"] for r in rows}, reverse=True)
+  fig, axes = plt.subplots(2, len(alphas), figsize=(5.8 * len(alphas), 8), squeeze=False)
+  rates = sorted({r["rate"] for r in rows})
+  for column, alpha in enumerate(alphas):
+    ax_err, ax_margin = axes[0, column], axes[1, column]
+    at = [r for r in rows if r["alpha_test"] == alpha]
+    for strategy, color, marker in (("smallest", "C0", "o"), ("random", "C1", "s"), ("largest", "C3", "^")):
+      for ax, key in ((ax_err, "error"), (ax_margin, "mean_margin")):
+        by_rate = [[r[key] for r in at if r["strategy"] == strategy and r["rate"] == rate] for rate in rates]
+        ax.plot(rates, [np.mean(v) for v in by_rate], marker + "-", color=color, ms=4,
+                label=f"{strategy} first" if strategy != "random" else f"random (mean of {len(by_rate[0])} draws)")
+        if strategy == "random":
+          ax.fill_between(rates, [min(v) for v in by_rate], [max(v) for v in by_rate], color=color, alpha=0.2,
+                          label="random: min-max over draws")
+    ax_err.axhline(at[0]["majority_vote_error"], color="gray", ls=":", label="majority vote")
+    ax_err.axhline(0.5, color="k", ls="--", lw=0.8, label="chance (every neuron off: F = 0)")
+    ax_err.set(xlabel="pruning rate R (fraction of rows of $W_O$ zeroed)", ylabel="error (unseen tasks)",
+               ylim=(-0.02, 1.02), title=f"Pruning the neurons of $W_O$, $\\alpha'$ = {alpha:g}, l = "
+               f"{at[0]['test_prompt_len']}")
+    ax_err.legend(fontsize=7)
+    ax_margin.axhline(0, color="gray", lw=0.6)
+    ax_margin.set(xlabel="pruning rate R", ylabel="mean margin y F(P)", title=f"Margin, $\\alpha'$ = {alpha:g}")
+    ax_margin.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "pruning.png"))
+
+  fig, ax = plt.subplots(figsize=(6.2, 4.2))
+  norms, signs = np.asarray(row_norms), np.asarray(signs)
+  bins = np.linspace(0, norms.max() * 1.02, 21)
+  ax.hist([norms[signs > 0], norms[signs < 0]], bins=bins, stacked=True, color=["C0", "C3"],
+          label=["$a_i > 0$", "$a_i < 0$"])
+  ax.set(xlabel="|row of $W_O$|", ylabel="neurons", title=f"Row magnitudes of the trained $W_O$ (m = {norms.size})")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "row_magnitudes.png"))
+
+
+_CLASSICAL_STYLES = {"icl": ("ICL (trained transformer)", "k", "o", "-", 2.0),
+                     "logistic_regression": ("logistic regression", "C0", "s", "-", 1.0),
+                     "svm_rbf": ("SVM, Gaussian kernel", "C1", "^", "-", 1.0),
+                     "svm_linear": ("SVM, linear kernel", "C2", "v", "-", 1.0),
+                     "1nn": ("1-NN", "C3", "D", "-", 1.0),
+                     "3nn": ("3-NN", "C4", "x", "-", 1.0),
+                     "majority_vote": ("majority vote", "gray", "", ":", 1.0)}
+
+
+def plot_classical_claim(rows: Sequence[dict], directory: str) -> None:
+  """classical.png: per sampling and alpha', the error of ICL and of each classifier fit on the prompt, against l."""
+  samplings = list(dict.fromkeys(r["sampling"] for r in rows))
+  alphas = sorted({r["alpha_test"] for r in rows}, reverse=True)
+  titles = {"exact": "exact count round($\\alpha'$ l) $\\geq$ 1", "binomial": "each context w.p. $\\alpha'$"}
+  fig, axes = plt.subplots(len(samplings), len(alphas), figsize=(5.6 * len(alphas), 4.2 * len(samplings)),
+                           squeeze=False)
+  lengths = sorted({r["test_prompt_len"] for r in rows})
+  for row_axes, sampling in zip(axes, samplings):
+    for ax, alpha in zip(row_axes, alphas):
+      for method, (label, color, marker, style, width) in _CLASSICAL_STYLES.items():
+        at = sorted((r for r in rows if r["sampling"] == sampling and r["alpha_test"] == alpha
+                     and r["method"] == method), key=lambda r: r["test_prompt_len"])
+        if at:
+          ax.errorbar([r["test_prompt_len"] for r in at], [r["error"] for r in at],
+                      yerr=[r["error_stderr"] for r in at], fmt=marker + style if marker else style, color=color,
+                      lw=width, ms=4, capsize=2, label=label)
+      ax.set_xscale("log")
+      ax.set_xticks(lengths, [str(n) for n in lengths])
+      ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+      ax.set(xlabel="test prompt length l", ylabel="error (unseen tasks)", ylim=(-0.02, 0.62),
+             title=f"$\\alpha'$ = {alpha:g}, {titles.get(sampling, sampling)}")
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, os.path.join(directory, "classical.png"))

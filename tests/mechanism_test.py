@@ -201,6 +201,18 @@ def test_binomial_weights_and_bad_counts(task):
     mechanism.binomial_mixture(partial, 0.5)
 
 
+def test_binomial_prompts_have_a_binomial_count_of_same_pattern_contexts(task):
+  prompt_len, alpha, batch = 5, 0.3, 4000
+  prompts = mechanism.sample_binomial_prompts(jax.random.PRNGKey(4), task, batch, prompt_len, alpha)
+  assert prompts.x.shape == (batch, prompt_len, task.d_x)
+  counts = prompts.same_pattern.sum(1)
+  frequencies = np.bincount(counts, minlength=prompt_len + 1) / batch
+  expected = mechanism.binomial_weights(prompt_len, alpha)
+  np.testing.assert_array_less(np.abs(frequencies - expected), 4 * np.sqrt(expected * (1 - expected) / batch) + 1e-12)
+  # Labels follow the pattern: same-pattern contexts carry the query's label, the others the opposite one.
+  np.testing.assert_array_equal(prompts.y, np.where(prompts.same_pattern, 1, -1) * prompts.y_query[:, None])
+
+
 # --- classical classifiers ---------------------------------------------------------------------------------------
 
 
