@@ -22,7 +22,8 @@ S1/2 (mu_2k + mu_2k+1), new irrelevant directions), writes to OUT/ood/:
                        of domain at S1 = 1 and 2, alpha' = 0.3 and 0.5
   summary.json         the settings, each run's training figures, and per model and
                        alpha' the largest error over S1 >= 1 and the smallest below
-  ood_vs_s1.png        error against S1 per model, one line per alpha', majority vote dashed
+  ood_vs_s1.png        error against S1 per model, one line per alpha' (thin: single seeds),
+                       majority vote dashed
   error_vs_alpha.png   in-domain against out-of-domain error across alpha', per model
 
 alpha' = 0.3 is where the majority of the context labels is always wrong: only
@@ -275,7 +276,7 @@ def main(argv) -> None:
       "settings": settings, "verdicts": verdicts(by_s1),
       "runs": [{k: v for k, v in record.items() if k not in ("rows", "config", "evaluation")} for record in records],
       "wall_seconds_this_process": time.perf_counter() - t_start})  # a resumed run: only what it redid
-  plotting.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"))
+  plotting.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"), [r for r in rows if r["table"] == "ood_by_s1"])
   plotting.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
   for v in verdicts(by_s1):
     logging.info("%-9s alpha'=%.1f: max error over S1 >= 1: %.4f; min error below: %.4f (majority vote %.3f)",
