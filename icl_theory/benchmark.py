@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from icl_theory import files, grid, trainer
+from icl_theory import files, grid, sharding, trainer
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.configs import sweep as sweep_config
 from icl_theory.experiments import lsa_regression
@@ -108,12 +108,17 @@ def _job_config(**fields) -> ml_collections.ConfigDict:
   return config
 
 
-def trainer_step_seconds(config: ml_collections.ConfigDict) -> float:
-  """Steady-state seconds per step of `trainer.fit` on `config` (compilation excluded)."""
+def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool = True) -> float:
+  """Steady-state seconds per step of `trainer.fit` on `config` (compilation excluded).
+
+  Data-parallel over this process's devices, as `icl_theory.main` trains (on CPU
+  the command lines ask for one device per core: `sharding.use_cpu_cores`).
+  """
   task = lsa_regression.validate_config(config)
   optimizer, schedule = lsa_regression.make_optimizer(config)
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.steps // 2, checkpoint_every=0)
-  result = trainer.fit(lsa_regression.make_objective(task, config), optimizer, schedule, settings, config.seed, task)
+  result = trainer.fit(lsa_regression.make_objective(task, config), optimizer, schedule, settings, config.seed, task,
+                       data_parallel=data_parallel)
   return result.train_seconds / result.steps_this_process
 
 
@@ -123,9 +128,11 @@ def throughput(steps: int = 500) -> dict[str, Any]:
   ours = [config.batch_size / trainer_step_seconds(config)]
   reference = Reference(d=config.d, n=config.n, batch_size=config.batch_size).prompts_per_second(max(steps // 5, 50))
   ours.append(config.batch_size / trainer_step_seconds(config))
+  one_device = config.batch_size / trainer_step_seconds(config, data_parallel=False)
   tokens = config.batch_size / trainer_step_seconds(_job_config(steps=steps // 5, sampler="tokens"))
   return {"throughput_ratio_vs_reference": float(np.mean(ours)) / reference,
           "trainer_prompts_per_second": float(np.mean(ours)), "reference_prompts_per_second": reference,
+          "trainer_devices": jax.local_device_count(), "trainer_one_device_prompts_per_second": one_device,
           "trainer_tokens_sampler_prompts_per_second": tokens, "job": dict(JOB)}
 
 
@@ -246,6 +253,7 @@ def cli() -> None:
   def main(argv) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sharding.use_cpu_cores(divides=JOB["batch_size"])  # as the command lines it times do
     try:
       report = run(tuple(chosen.value), out.value)
     except ValueError as error:

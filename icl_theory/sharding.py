@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -36,6 +37,33 @@ DATA = "data"
 
 # The mesh of the data-parallel program being traced, if any: read by `shard_batch`.
 _DATA_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("data_mesh", default=None)
+
+
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def cpu_cores() -> int:
+  """Cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_cpu_cores(divides: int | None = None) -> int:
+  """Asks XLA for one CPU device per core, so that runs and batches can use every core.
+
+  An XLA CPU device runs each program on one thread, so on one device a run uses
+  one core however many there are. With `divides` (a data-parallel batch size)
+  the count is the largest one up to the cores that divides it. Does nothing, and
+  returns 0, where XLA_FLAGS already sets the count, or where the platform is not
+  the CPU (JAX_PLATFORMS); call it before JAX starts its backends (the command
+  lines do, first thing). GPUs and TPUs are untouched: the flag is about CPUs.
+  """
+  flags, platforms = os.environ.get("XLA_FLAGS", ""), os.environ.get("JAX_PLATFORMS", "")
+  if _DEVICE_COUNT_FLAG in flags or (platforms and not platforms.startswith("cpu")):
+    return 0
+  cores = cpu_cores()
+  count = max(c for c in range(1, cores + 1) if divides is None or divides % c == 0)
+  os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_COUNT_FLAG}={count}".strip()
+  return count
 
 
 def _mesh(devices: Sequence[jax.Device] | None, axis: str) -> Mesh:

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from icl_theory import distributed, experiments, grid
+from icl_theory import distributed, experiments, grid, sharding
 from icl_theory.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "sweep.py")
@@ -40,6 +40,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed fr
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  sharding.use_cpu_cores()  # one CPU device per core: the runs of a group are split over them
   try:
     grid.validate_sweep_config(_CONFIG.value)  # bad fields fail here, before any process connects
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)

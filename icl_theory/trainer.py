@@ -203,6 +203,16 @@ def format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _host_runs(tree: Any, num_runs: int) -> Any:
+  """The first `num_runs` entries of each leaf, as host arrays: what a checkpoint holds.
+
+  Without the padding a run axis gets on some device counts, so a sweep resumes on
+  any number of devices; on the host, because under jax.distributed orbax refuses
+  arrays that live on one process's devices.
+  """
+  return jax.device_get(jax.tree.map(lambda x: x[:num_runs], tree))
+
+
 def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
               settings: LoopSettings, seeds: Sequence[int], tasks: Any, workdir: str | None = None,
               reference_loss: float | None = None, stop_on_divergence: bool = False,
@@ -238,10 +248,10 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   resumed_from = 0
   if manager is not None and manager.latest_step() is not None:
     resumed_from = manager.latest_step()
-    target = jax.device_get({"state": states, "rng": rngs, "diverged_at": diverged_at, "loss_limit": loss_limit})
+    target = {**_host_runs({"state": states, "rng": rngs}, num_runs), "diverged_at": diverged_at,
+              "loss_limit": loss_limit}
     restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
-    states, rngs = jax.device_put((restored["state"], restored["rng"]),
-                                  jax.tree.map(lambda x: x.sharding, (states, rngs)))
+    states, rngs = placement.place((restored["state"], restored["rng"]))
     diverged_at = np.asarray(restored["diverged_at"])
     loss_limit = np.asarray(restored["loss_limit"])
     history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
@@ -313,8 +323,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     if manager is not None and (end % settings.checkpoint_every == 0 or end == settings.steps):
       drain(*pending)  # read the losses first: a diverged run is marked before it is saved
       pending = None
-      # As host arrays: under jax.distributed orbax refuses arrays that live on one process's devices.
-      saved = jax.device_get({"state": states, "rng": rngs})
+      saved = _host_runs({"state": states, "rng": rngs}, num_runs)
       manager.save(end, args=ocp.args.StandardSave({**saved, "diverged_at": diverged_at, "loss_limit": loss_limit}))
     chunk_start = end
   if pending is not None:
