@@ -47,7 +47,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import icl_theory
-from icl_theory import files, mechanism, plotting
+from icl_theory import files, mechanism, plotting, sharding
 from icl_theory.configs import classify
 from icl_theory.experiments import classification
 from icl_theory.tasks.classification import num_same, sample_prompts
@@ -352,6 +352,7 @@ def main(argv) -> None:
     print(f"error: claim={','.join(_CLAIM.value)!r} is not allowed: a non-empty subset of {','.join(CLAIMS)}",
           file=sys.stderr)
     sys.exit(2)
+  sharding.use_cpu_cores(divides=base_config().batch_size)  # one data-parallel CPU device per core for training
   try:
     with tempfile.TemporaryDirectory() as tmp:
       workdir = _WORKDIR.value or tmp
