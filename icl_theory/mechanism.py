@@ -257,10 +257,9 @@ def binomial_weights(prompt_len: int, alpha: float) -> np.ndarray:
 def binomial_mixture(errors: CountErrors, alpha: float) -> dict[str, float]:
   """The figures of `errors` (which must hold every k = 0..l) for prompts with a Binomial(l, alpha) count.
 
-  Exact in the weights; the standard error combines the per-count ones, which
-  come from independent prompts in the sense that matters (each count's mean has
-  its own Monte Carlo error; the shared key only makes them positively
-  correlated, so the figure is a lower bound when counts differ little).
+  Exact in the weights. The standard error combines the per-count ones as if
+  independent; `error_by_count` draws every count from one key, which correlates
+  them positively, so take it as approximate.
   """
   prompt_len = errors.counts.size - 1
   if not np.array_equal(errors.counts, np.arange(prompt_len + 1)):
