@@ -326,6 +326,7 @@ def plot_nonlinear_claim(table: Sequence[dict], directory: str) -> None:
 
 def plot_depth_claim(table: Sequence[dict], gd_table: Sequence[dict], directory: str) -> None:
   """risk_vs_n.png (L-layer LSAs beside k-step GD and ridge) and depth_vs_gd.png (L layers against L GD steps)."""
+  table = [row for row in table if row.get("model_risk_mc") is not None]  # diverged runs have no risk
   depths = sorted({row["num_layers"] for row in table})
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
   for i, depth in enumerate(depths):
@@ -377,12 +378,8 @@ def _seed_errorbars(ax, rows: Sequence[dict], x: str, label: str, color: str, st
               label=label)
 
 
-def plot_ood_vs_s1(table: Sequence[dict], path: str, runs: Sequence[dict] = ()) -> None:
-  """Out-of-domain error against S1, a panel per model, a line per alpha', majority vote dashed (claim 2).
-
-  `runs` (rows with model, seed, alpha_test, s1, error), if given, adds each seed's curve as a thin line:
-  a mean over seeds that learned different things hides it.
-  """
+def plot_ood_vs_s1(table: Sequence[dict], path: str) -> None:
+  """Out-of-domain error against S1, a panel per model, a line per alpha', majority vote dashed (claim 2)."""
   models = list(dict.fromkeys(r["model"] for r in table))
   alphas = sorted({r["alpha_test"] for r in table})
   fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False, layout="constrained")
@@ -390,11 +387,6 @@ def plot_ood_vs_s1(table: Sequence[dict], path: str, runs: Sequence[dict] = ()) 
     for j, alpha in enumerate(alphas):
       rows = sorted((r for r in table if r["model"] == model and r["alpha_test"] == alpha), key=lambda r: r["s1"])
       _seed_errorbars(ax, rows, "s1", f"ICL, $\\alpha'$ = {alpha:g}", f"C{j}")
-      mine = [r for r in runs if r["model"] == model and r["alpha_test"] == alpha]
-      for k, seed in enumerate(sorted({r["seed"] for r in mine})):
-        curve = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["s1"])
-        ax.plot([r["s1"] for r in curve], [r["error"] for r in curve], "-", color=f"C{j}", lw=0.7, alpha=0.45,
-                label="single seeds" if j == 0 and k == 0 else None)
       ax.axhline(np.mean([r["majority_vote_error"] for r in rows]), color=f"C{j}", ls="--", lw=1,
                  label=f"majority vote, $\\alpha'$ = {alpha:g}")
     ax.axvline(1.0, color="gray", ls=":", lw=1, label="$S_1$ = 1 (the paper's threshold)")
