@@ -378,8 +378,12 @@ def _seed_errorbars(ax, rows: Sequence[dict], x: str, label: str, color: str, st
               label=label)
 
 
-def plot_ood_vs_s1(table: Sequence[dict], path: str) -> None:
-  """Out-of-domain error against S1, a panel per model, a line per alpha', majority vote dashed (claim 2)."""
+def plot_ood_vs_s1(table: Sequence[dict], path: str, runs: Sequence[dict] = ()) -> None:
+  """Out-of-domain error against S1, a panel per model, a line per alpha', majority vote dashed (claim 2).
+
+  `runs` (rows with model, seed, alpha_test, s1, error), if given, adds each seed's curve as a thin line:
+  a mean over seeds that learned different things hides it.
+  """
   models = list(dict.fromkeys(r["model"] for r in table))
   alphas = sorted({r["alpha_test"] for r in table})
   fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False, layout="constrained")
@@ -387,6 +391,11 @@ def plot_ood_vs_s1(table: Sequence[dict], path: str) -> None:
     for j, alpha in enumerate(alphas):
       rows = sorted((r for r in table if r["model"] == model and r["alpha_test"] == alpha), key=lambda r: r["s1"])
       _seed_errorbars(ax, rows, "s1", f"ICL, $\\alpha'$ = {alpha:g}", f"C{j}")
+      mine = [r for r in runs if r["model"] == model and r["alpha_test"] == alpha]
+      for k, seed in enumerate(sorted({r["seed"] for r in mine})):
+        curve = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["s1"])
+        ax.plot([r["s1"] for r in curve], [r["error"] for r in curve], "-", color=f"C{j}", lw=0.7, alpha=0.45,
+                label="single seeds" if j == 0 and k == 0 else None)
       ax.axhline(np.mean([r["majority_vote_error"] for r in rows]), color=f"C{j}", ls="--", lw=1,
                  label=f"majority vote, $\\alpha'$ = {alpha:g}")
     ax.axvline(1.0, color="gray", ls=":", lw=1, label="$S_1$ = 1 (the paper's threshold)")
