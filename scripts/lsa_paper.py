@@ -24,8 +24,7 @@ depth/           beyond the paper: L = 1..4 LSA layers over n, the risk beside k
 Each claim is one sweep (icl_theory.sweep), or a few (nonlinear: two; depth: one
 per L): with --workdir it resumes after a kill; without, it trains in a temporary
 folder and copies only the tables and figures. Each takes a few minutes on 2 CPU
-cores, except depth: about 28 minutes, nearly all of it training L = 3 and 4
-(two vmapped runs of four layers do ~32 steps/s).
+cores, depth about 11 (most of it training three and four layers).
 """
 
 import csv
@@ -41,7 +40,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import icl_theory
-from icl_theory import baselines, files, plotting
+from icl_theory import baselines, files, plotting, sharding
 from icl_theory.configs import sweep
 from icl_theory.models import lsa
 from icl_theory.tasks.regression import Prompts, sample_prompts
@@ -341,6 +340,7 @@ def main(argv) -> None:
   unknown = sorted(set(_CLAIM.value) - set(CLAIMS))
   if unknown:
     raise app.UsageError(f"claim={','.join(unknown)!r} is not allowed: a subset of {','.join(CLAIMS)}")
+  sharding.use_cpu_cores()  # one CPU device per core: the runs of each sweep group are split over them
   with tempfile.TemporaryDirectory() as tmp:
     for name in _CLAIM.value:
       run_claim(name, _WORKDIR.value or tmp, _OUT.value)
