@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from icl_theory import files, sharding
-from icl_theory.validation import ConfigError, check_choice, check_float, check_int
+from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
 
 Params = Any
 
@@ -119,6 +119,8 @@ def validate_training_fields(config: Any) -> None:
   check_float("clip_norm", config.clip_norm, minimum=0.0)
   check_choice("schedule", config.schedule, ("cosine", "constant"))
   check_int("warmup_steps", config.warmup_steps, 0)
+  if not isinstance(config.get("data_parallel", True), bool):
+    raise fail("data_parallel", config.data_parallel, "True or False")
   check_int("batch_size", config.batch_size, 1)
   steps = check_int("steps", config.steps, 1)
   check_int("log_every", config.log_every, 1)

@@ -55,6 +55,7 @@ INVALID = {
     "response": _bad_choice(("linear", "relu", "tanh", "cube", "abs", "mlp")),
     "optimizer": _bad_choice(("adam", "sgd")), "schedule": _bad_choice(("cosine", "constant")),
     "sampler": _bad_choice(("auto", "tokens", "wishart")),
+    "data_parallel": st.one_of(st.integers(), st.text(max_size=4), st.none()),
     "cov_x": _bad_cov_spec, "cov_w": _bad_cov_spec,
 }
 

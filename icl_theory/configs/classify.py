@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule = "cosine"     # cosine (linear warm-up, then cosine decay to 0) | constant
   config.warmup_steps = 50       # linear warm-up steps of the cosine schedule
   config.batch_size = 128        # prompts per step, fresh each step
+  config.data_parallel = True    # split each step's batch over all of the process's devices
   config.steps = 1000            # optimizer steps
   config.seed = 0                # one root key: patterns, init, batches and evaluation derive from it
 

@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule = "cosine"     # cosine (linear warm-up, then cosine decay to 0) | constant
   config.warmup_steps = 100      # linear warm-up steps of the cosine schedule
   config.batch_size = 1024       # prompts per step, fresh each step
+  config.data_parallel = True    # split each step's batch over all of the process's devices (single runs)
   config.sampler = "auto"        # auto | wishart (the context's statistic S, query integrated out) | tokens
   config.steps = 1000            # optimizer steps
   config.seed = 0                # one root key: init, batches and evaluation derive from it

@@ -252,7 +252,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   settings = trainer.LoopSettings.from_config(config)
   logging.info("Training a %s on %d training tasks of M1=%d patterns, alpha=%g, l=%d, into %s",
                describe_model(config), len(task.train_pairs), task.M1, config.alpha, config.prompt_len, workdir)
-  result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task, workdir)
+  result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task, workdir,
+                       data_parallel=config.get("data_parallel", True))
   params = result.state.params
   t_eval = time.perf_counter()
   evaluation = evaluate(params, task, config)

@@ -142,7 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
                task.d, task.n, workdir)
   result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task,
-                       workdir, reference_loss=reference)
+                       workdir, reference_loss=reference, data_parallel=config.get("data_parallel", True))
   params = result.state.params
   stack = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
   evaluation, = analysis.evaluate_group(stack(params), stack(task), eval_key(config.seed)[None], config.eval_samples,
