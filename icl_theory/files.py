@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -49,6 +51,18 @@ def atomic_write_text(path: str, text: str) -> None:
 def write_json(path: str, obj: Any) -> None:
   """JSON with arrays as nested lists and non-finite floats as null / 'inf'."""
   atomic_write_text(path, json.dumps(to_builtin(obj), indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str, rows: Sequence[dict], fields: Sequence[str] | None = None, significant: int = 7) -> None:
+  """A table, one row per dict: `fields` (default: the first row's keys) as columns, floats to
+  `significant` digits, None as an empty cell."""
+  columns = list(fields or rows[0])
+  cell = lambda v: "" if v is None else (f"{v:.{significant}g}" if isinstance(v, float) else v)
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(columns)
+  writer.writerows([cell(row.get(k)) for k in columns] for row in rows)
+  atomic_write_text(path, buffer.getvalue())
 
 
 def read_json(path: str) -> Any:

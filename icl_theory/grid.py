@@ -13,9 +13,7 @@ with the same table.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 import math
 import os
@@ -150,13 +148,7 @@ def _group_cost(runs: list[GridRun], base: ml_collections.ConfigDict) -> float:
 
 def write_results_csv(rows: list[dict[str, Any]], path: str) -> None:
   """One row per run: the grid coordinates, then the metrics (7 significant digits)."""
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(COORDINATES + METRICS)
-  fmt = lambda v: "" if v is None else (f"{v:.7g}" if isinstance(v, float) else v)
-  for row in rows:
-    writer.writerow([fmt(row[k]) for k in COORDINATES + METRICS])
-  files.atomic_write_text(path, buffer.getvalue())
+  files.write_csv(path, rows, COORDINATES + METRICS, significant=7)
 
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from icl_theory.models.softmax_mlp import SoftmaxMLP, neuron_weights, num_neurons, output_signs
 from icl_theory.tasks.classification import (ClassificationPrompts, ClassificationTask, check_alpha, majority_vote,
-                                             prompt_tokens, sample_prompts_by_count)
+                                             prediction_errors, prompt_tokens, sample_prompts_by_count)
 from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
 
 PRUNING_STRATEGIES = ("smallest", "random", "largest")
@@ -56,11 +56,6 @@ def forward(params: Mapping[str, Any], task: ClassificationTask,
   params = _unwrap(params)
   model = SoftmaxMLP(m=num_neurons(params))  # the init fields do not enter apply
   return model.apply({"params": params}, *prompt_tokens(prompts, task.q))
-
-
-def prediction_errors(prediction_B: jax.Array, y_B: jax.Array) -> jax.Array:
-  """Per prompt: 0 when right, 1 when wrong, 1/2 for a prediction of 0 (a fair coin's expected error)."""
-  return jnp.where(prediction_B == 0, 0.5, (prediction_B != y_B).astype(jnp.float32))
 
 
 def icl_errors(params: Mapping[str, Any], task: ClassificationTask, prompts: ClassificationPrompts) -> jax.Array:

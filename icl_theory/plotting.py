@@ -465,7 +465,7 @@ def plot_prompt_length_claim(rows: Sequence[dict], needed: Sequence[dict], fits:
                  color=color, label=f"ICL, error {target:g}" + (f": slope {fit['icl_slope']:.2f}"
                                                                if fit["icl_slope"] is not None else ""))
     ax_need.plot([r["inverse_alpha"] for r in open_], [r["icl_length_needed"] for r in open_], marker, color=color,
-                 mfc="none", label=f"already at l = 1 (not fitted)" if open_ else None)
+                 mfc="none", label="already at l = 1 (not fitted)" if open_ else None)
     ideal = [r for r in needed if r["target_error"] == target and r["alpha_test"] < 1]
     ax_need.plot([r["inverse_alpha"] for r in ideal], [r["ideal_length_needed"] for r in ideal], "-", color=color,
                  lw=1, label=f"ideal reader, error {target:g}: slope {fit['ideal_slope_alpha_below_1']:.2f}")

@@ -36,9 +36,7 @@ CPU-seconds, most of them the transformer's evaluation (16.5 minutes of wall tim
 on 2 CPU cores shared with three other jobs).
 """
 
-import csv
 import functools
-import io
 import os
 import sys
 import tempfile
@@ -234,15 +232,6 @@ def verdicts(by_s1: list[dict]) -> list[dict]:
   return out
 
 
-def _write_csv(rows: list[dict], path: str) -> None:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-  writer.writeheader()
-  writer.writerows({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-                   for row in rows)
-  files.atomic_write_text(path, buffer.getvalue())
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
@@ -264,10 +253,10 @@ def main(argv) -> None:
   by_s1, by_alpha = aggregate(rows, "ood_by_s1"), aggregate(rows, "error_by_alpha")
   target = os.path.join(_OUT.value, "ood")
   os.makedirs(target, exist_ok=True)
-  _write_csv(by_s1, os.path.join(target, "ood_by_s1.csv"))
-  _write_csv(by_alpha, os.path.join(target, "error_by_alpha.csv"))
-  _write_csv(rows, os.path.join(target, "runs.csv"))
-  _write_csv(by_layer, os.path.join(target, "gpt_attention_by_layer.csv"))
+  files.write_csv(os.path.join(target, "ood_by_s1.csv"), by_s1, significant=6)
+  files.write_csv(os.path.join(target, "error_by_alpha.csv"), by_alpha, significant=6)
+  files.write_csv(os.path.join(target, "runs.csv"), rows, significant=6)
+  files.write_csv(os.path.join(target, "gpt_attention_by_layer.csv"), by_layer, significant=6)
   settings = {"prompt_len": PROMPT_LEN, "eval_samples_per_estimate": EVAL_SAMPLES, "seeds": _SEEDS.value,
               "near_zero": NEAR_ZERO, "s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS,
               "layer_attention": _layer_settings(),

@@ -33,8 +33,6 @@ few minutes on 2 CPU cores.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import sys
@@ -127,14 +125,6 @@ def _key(name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(20_240_001), sum(map(ord, name)))
 
 
-def _write_csv(rows: list[dict], path: str) -> None:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-  writer.writeheader()
-  writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
-  files.atomic_write_text(path, buffer.getvalue())
-
-
 # --- prompt length ----------------------------------------------------------------------------------------------
 
 
@@ -202,8 +192,8 @@ def prompt_length_claim(model: Model) -> dict[str, Any]:
 
 
 def write_prompt_length(table: dict[str, Any], target: str) -> None:
-  _write_csv(table["rows"], os.path.join(target, "prompt_length.csv"))
-  _write_csv(table["counts"], os.path.join(target, "error_by_same_count.csv"))
+  files.write_csv(os.path.join(target, "prompt_length.csv"), table["rows"], significant=6)
+  files.write_csv(os.path.join(target, "error_by_same_count.csv"), table["counts"], significant=6)
   files.write_json(os.path.join(target, "length_needed.json"),
                    {"domain": DOMAIN, "samples_per_count": COUNT_SAMPLES, "needed": table["needed"],
                     "fits": table["fits"]})
@@ -243,8 +233,8 @@ def mechanism_claim(model: Model) -> dict[str, Any]:
 
 
 def write_mechanism(table: dict[str, Any], target: str) -> None:
-  _write_csv(table["rows"], os.path.join(target, "mechanism.csv"))
-  _write_csv(table["neurons"], os.path.join(target, "neurons_final.csv"))
+  files.write_csv(os.path.join(target, "mechanism.csv"), table["rows"], significant=6)
+  files.write_csv(os.path.join(target, "neurons_final.csv"), table["neurons"], significant=6)
   plotting.plot_mechanism_claim(table["rows"], table["neurons"], table["alpha"], LARGEST, target)
 
 
@@ -281,7 +271,7 @@ def pruning_claim(model: Model) -> dict[str, Any]:
 
 
 def write_pruning(table: dict[str, Any], target: str) -> None:
-  _write_csv(table["rows"], os.path.join(target, "pruning.csv"))
+  files.write_csv(os.path.join(target, "pruning.csv"), table["rows"], significant=6)
   files.write_json(os.path.join(target, "row_magnitudes.json"),
                    {key: table[key] for key in ("w_o_row_norms", "neuron_magnitudes", "signs",
                                                 "spearman_w_o_vs_w_o_w_v")})
@@ -318,7 +308,7 @@ def classical_claim(model: Model) -> dict[str, Any]:
 
 
 def write_classical(table: dict[str, Any], target: str) -> None:
-  _write_csv(table["rows"], os.path.join(target, "classical.csv"))
+  files.write_csv(os.path.join(target, "classical.csv"), table["rows"], significant=6)
   plotting.plot_classical_claim(table["rows"], target)
 
 

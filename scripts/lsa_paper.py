@@ -27,8 +27,6 @@ folder and copies only the tables and figures. Each takes a few minutes on 2 CPU
 cores, depth about 11 (most of it training three and four layers).
 """
 
-import csv
-import io
 import os
 import shutil
 import tempfile
@@ -103,14 +101,6 @@ def nonlinear_sparse_grid():
   grid.base.freeze_vanishing_parts = True
   grid.response_values = ("cube",)
   return grid
-
-
-def _write_csv(rows: list[dict], path: str) -> None:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-  writer.writeheader()
-  writer.writerows({k: (f"{v:.7g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
-  files.atomic_write_text(path, buffer.getvalue())
 
 
 def isotropic_table(rows: list[dict]) -> list[dict]:
@@ -303,8 +293,8 @@ def run_depth(workdir: str, out: str) -> None:
   table = depth_table(rows, params, gd_table, jax.random.fold_in(key, 1))
   target = os.path.join(out, "depth")
   os.makedirs(target, exist_ok=True)
-  _write_csv(table, os.path.join(target, "depth.csv"))
-  _write_csv(gd_table, os.path.join(target, "multi_step_gd.csv"))
+  files.write_csv(os.path.join(target, "depth.csv"), table, significant=7)
+  files.write_csv(os.path.join(target, "multi_step_gd.csv"), gd_table, significant=7)
   plotting.plot_depth_claim(table, gd_table, target)
   logging.info("depth: %d runs written to %s", len(rows), target)
 
@@ -330,7 +320,7 @@ def run_claim(name: str, workdir: str, out: str) -> None:
                     os.path.join(target, "sweep_results_sparse.csv"))
     table = nonlinear_table(rows + [{**row, "parameterisation": "sparse"} for row in sparse_rows])
     plotting.plot_nonlinear_claim(table, target)
-  _write_csv(table, os.path.join(target, f"{name}.csv"))
+  files.write_csv(os.path.join(target, f"{name}.csv"), table, significant=7)
   logging.info("%s: %d runs written to %s", name, len(rows), target)
 
 

@@ -41,7 +41,8 @@ from icl_theory.models import transformer
 from icl_theory.models.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
 from icl_theory.models.transformer import Transformer
 from icl_theory.tasks.classification import (ClassificationTask, check_alpha, majority_vote, num_same,
-                                             prompt_tokens, sample_prompts, sample_prompts_by_count)
+                                             prediction_errors, prompt_tokens, sample_prompts,
+                                             sample_prompts_by_count)
 from icl_theory.validation import check_choice, check_float, check_int, fail
 
 # Fields that change only bookkeeping, not the numbers a run produces.
@@ -142,11 +143,6 @@ def eval_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_003)
 
 
-def _half_error(prediction_B: jax.Array, y_B: jax.Array) -> jax.Array:
-  """0 when right, 1 when wrong, 1/2 on a tie (prediction 0)."""
-  return jnp.where(prediction_B == 0, 0.5, (prediction_B != y_B).astype(jnp.float32))
-
-
 class Evaluator:
   """Monte Carlo errors of one model; one compiled program per (prompt length, domain), reused across alpha and s1."""
 
@@ -161,8 +157,8 @@ class Evaluator:
     def chunk_sums(key):
       prompts = sample_prompts_by_count(key, task, self.chunk, prompt_len, same, domain)
       output_B, attention_BxL = model.apply({"params": params}, *prompt_tokens(prompts, task.q))
-      error_B = _half_error(jnp.sign(output_B), prompts.y_query)
-      vote_B = _half_error(majority_vote(prompts), prompts.y_query)
+      error_B = prediction_errors(jnp.sign(output_B), prompts.y_query)
+      vote_B = prediction_errors(majority_vote(prompts), prompts.y_query)
       mass_B = jnp.sum(attention_BxL * prompts.same_pattern, axis=-1)
       # float32 sums of halves and ones are exact below 2^23 prompts.
       return jnp.stack([error_B, error_B**2, vote_B, vote_B**2, mass_B], axis=-1).sum(0)

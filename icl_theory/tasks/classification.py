@@ -280,3 +280,8 @@ def prompt_tokens(prompts: ClassificationPrompts, q_Y: jax.Array) -> tuple[jax.A
 def majority_vote(prompts: ClassificationPrompts) -> jax.Array:
   """The sign of the context labels' sum (0 on a tie): the baseline that needs no pattern at all."""
   return jnp.sign(prompts.y.sum(axis=-1))
+
+
+def prediction_errors(prediction_B: jax.Array, y_B: jax.Array) -> jax.Array:
+  """Per prompt: 0 when right, 1 when wrong, 1/2 for a prediction of 0 (a fair coin's expected error)."""
+  return jnp.where(prediction_B == 0, 0.5, (prediction_B != y_B).astype(jnp.float32))
