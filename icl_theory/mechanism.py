@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_theory.models.softmax_mlp import SoftmaxMLP, neuron_weights, num_neurons, output_signs
-from icl_theory.tasks.classification import (ClassificationPrompts, ClassificationTask, check_alpha, majority_vote,
+from icl_theory.tasks.classification import (ClassificationPrompts, ClassificationTask, check_alpha, outcome_sums,
                                              prediction_errors, prompt_tokens, sample_prompts_by_count)
 from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
 
@@ -207,14 +207,10 @@ class CountErrors(NamedTuple):
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _count_sums(params: Any, task: ClassificationTask, key: jax.Array, counts_K: jax.Array, num_samples: int,
                 prompt_len: int, domain: str) -> jax.Array:
-  """(K, 4): sums of error, error^2, attention on same-pattern contexts, majority-vote error, per count."""
+  """(K, 5): `outcome_sums` per count."""
   def sums(same):
     prompts = sample_prompts_by_count(key, task, num_samples, prompt_len, same, domain)
-    output_B, attention_BxL = forward(params, task, prompts)
-    error_B = prediction_errors(jnp.sign(output_B), prompts.y_query)
-    vote_B = prediction_errors(majority_vote(prompts), prompts.y_query)
-    mass_B = jnp.sum(attention_BxL * prompts.same_pattern, axis=-1)
-    return jnp.stack([error_B, error_B**2, mass_B, vote_B], axis=-1).sum(0)
+    return outcome_sums(*forward(params, task, prompts), prompts)
 
   return jax.lax.map(sums, counts_K)
 
@@ -233,12 +229,12 @@ def error_by_count(params: Mapping[str, Any], task: ClassificationTask, key: jax
   counts_K = np.arange(prompt_len + 1) if counts is None else np.asarray(counts, np.int32).reshape(-1)
   if counts_K.size == 0 or counts_K.min() < 0 or counts_K.max() > prompt_len:
     raise fail("counts", counts, f"integers in [0, prompt_len={prompt_len}]")
-  sums_Kx4 = np.asarray(_count_sums(_unwrap(params), task, key, jnp.asarray(counts_K, jnp.int32), num_samples,
+  sums_Kx5 = np.asarray(_count_sums(_unwrap(params), task, key, jnp.asarray(counts_K, jnp.int32), num_samples,
                                     prompt_len, domain), np.float64)
-  mean_K = sums_Kx4[:, 0] / num_samples
-  variance_K = np.maximum(sums_Kx4[:, 1] / num_samples - mean_K**2, 0.0)
+  mean_K = sums_Kx5[:, 0] / num_samples
+  variance_K = np.maximum(sums_Kx5[:, 1] / num_samples - mean_K**2, 0.0)
   return CountErrors(counts=counts_K, icl_error=mean_K, icl_error_stderr=np.sqrt(variance_K / (num_samples - 1)),
-                     attention_same=sums_Kx4[:, 2] / num_samples, majority_vote_error=sums_Kx4[:, 3] / num_samples)
+                     attention_same=sums_Kx5[:, 4] / num_samples, majority_vote_error=sums_Kx5[:, 2] / num_samples)
 
 
 def binomial_weights(prompt_len: int, alpha: float) -> np.ndarray:

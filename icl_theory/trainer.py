@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from icl_theory import files, sharding
-from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
+from icl_theory.validation import ConfigError, check_bool, check_choice, check_float, check_int
 
 Params = Any
 
@@ -86,6 +86,16 @@ class FitResult:
   resumed_from: int
   diverged_at: np.ndarray | None = None  # fit_group: per run, the first bad step (0: never)
 
+  def run_figures(self, batch_size: int) -> dict[str, Any]:
+    """summary.json's training figures of a single run (`fit`): final loss, steps, resume point, timings, speed."""
+    return {"final_train_loss": self.history[-1]["loss"] if self.history else None,
+            "steps": int(self.state.step),
+            "resumed_from_step": self.resumed_from,
+            "compile_seconds": self.compile_seconds,
+            "train_seconds": self.train_seconds,
+            "prompts_per_second": (self.steps_this_process * batch_size / self.train_seconds
+                                   if self.steps_this_process else None)}
+
 
 def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int, schedule: str,
                    end_lr_fraction: float = 0.0, clip_norm: float = 0.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -119,8 +129,7 @@ def validate_training_fields(config: Any) -> None:
   check_float("clip_norm", config.clip_norm, minimum=0.0)
   check_choice("schedule", config.schedule, ("cosine", "constant"))
   check_int("warmup_steps", config.warmup_steps, 0)
-  if not isinstance(config.get("data_parallel", True), bool):
-    raise fail("data_parallel", config.data_parallel, "True or False")
+  check_bool("data_parallel", config.get("data_parallel", True))
   check_int("batch_size", config.batch_size, 1)
   steps = check_int("steps", config.steps, 1)
   check_int("log_every", config.log_every, 1)

@@ -40,6 +40,12 @@ def check_float(field: str, value: Any, *, minimum: float = -math.inf, strict: b
   return number
 
 
+def check_bool(field: str, value: Any) -> bool:
+  if not isinstance(value, bool):
+    raise fail(field, value, "True or False")
+  return bool(value)
+
+
 def check_choice(field: str, value: Any, choices: Sequence[str]) -> str:
   if not isinstance(value, str) or value not in choices:
     raise fail(field, value, f"one of {', '.join(map(repr, choices))}")

@@ -40,9 +40,8 @@ from icl_theory import files, plotting, trainer
 from icl_theory.models import transformer
 from icl_theory.models.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
 from icl_theory.models.transformer import Transformer
-from icl_theory.tasks.classification import (ClassificationTask, check_alpha, majority_vote, num_same,
-                                             prediction_errors, prompt_tokens, sample_prompts,
-                                             sample_prompts_by_count)
+from icl_theory.tasks.classification import (ClassificationTask, check_alpha, num_same, outcome_sums,
+                                             prompt_tokens, sample_prompts, sample_prompts_by_count)
 from icl_theory.validation import check_choice, check_float, check_int, fail
 
 # Fields that change only bookkeeping, not the numbers a run produces.
@@ -156,12 +155,7 @@ class Evaluator:
                  prompt_len: int, domain: str) -> jax.Array:
     def chunk_sums(key):
       prompts = sample_prompts_by_count(key, task, self.chunk, prompt_len, same, domain)
-      output_B, attention_BxL = model.apply({"params": params}, *prompt_tokens(prompts, task.q))
-      error_B = prediction_errors(jnp.sign(output_B), prompts.y_query)
-      vote_B = prediction_errors(majority_vote(prompts), prompts.y_query)
-      mass_B = jnp.sum(attention_BxL * prompts.same_pattern, axis=-1)
-      # float32 sums of halves and ones are exact below 2^23 prompts.
-      return jnp.stack([error_B, error_B**2, vote_B, vote_B**2, mass_B], axis=-1).sum(0)
+      return outcome_sums(*model.apply({"params": params}, *prompt_tokens(prompts, task.q)), prompts)
 
     return jax.lax.map(chunk_sums, jax.random.split(key, self.num_chunks)).sum(0)
 
@@ -260,14 +254,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
       "num_train_tasks": len(task.train_pairs),
       "num_unseen_tasks": len(task.unseen_pairs),
       "num_ood_tasks": len(task.ood_pairs),
-      "final_train_loss": result.history[-1]["loss"] if result.history else None,
-      "steps": int(result.state.step),
-      "resumed_from_step": result.resumed_from,
-      "compile_seconds": result.compile_seconds,
-      "train_seconds": result.train_seconds,
+      **result.run_figures(config.batch_size),
       "eval_seconds": eval_seconds,
-      "prompts_per_second": (result.steps_this_process * config.batch_size / result.train_seconds
-                             if result.steps_this_process else None),
       "status": "finished",
   }
   summary["wall_seconds"] = time.perf_counter() - t_start

@@ -25,7 +25,7 @@ from icl_theory import analysis, files, plotting, theory, trainer
 from icl_theory.models import lsa
 from icl_theory.tasks.regression import RegressionTask, sample_prompts
 from icl_theory.tasks.statistics import sample_statistics
-from icl_theory.validation import ConfigError, check_choice, check_float, check_int
+from icl_theory.validation import ConfigError, check_bool, check_choice, check_float, check_int
 
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints")
@@ -44,9 +44,7 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   check_int("num_layers", config.num_layers, 1)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
   check_float("vanishing_init_scale", config.vanishing_init_scale, minimum=0.0)
-  if not isinstance(config.freeze_vanishing_parts, bool):
-    raise ConfigError(f"freeze_vanishing_parts={config.freeze_vanishing_parts!r} is not allowed: True or False")
-  if config.freeze_vanishing_parts and config.vanishing_init_scale != 0:
+  if check_bool("freeze_vanishing_parts", config.freeze_vanishing_parts) and config.vanishing_init_scale != 0:
     raise ConfigError(f"vanishing_init_scale={config.vanishing_init_scale!r} is not allowed with "
                       "freeze_vanishing_parts=True: 0, so that the frozen p_x and q21 are 0")
   trainer.validate_training_fields(config)
@@ -152,13 +150,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
       "cov_x": task.cov_x, "cov_w": task.cov_w,
       **evaluation,
       "sampler": "wishart" if uses_wishart(task, config.sampler) else "tokens",
-      "final_train_loss": result.history[-1]["loss"] if result.history else None,
-      "steps": int(result.state.step),
-      "resumed_from_step": result.resumed_from,
-      "compile_seconds": result.compile_seconds,
-      "train_seconds": result.train_seconds,
-      "prompts_per_second": (result.steps_this_process * config.batch_size / result.train_seconds
-                             if result.steps_this_process else None),
+      **result.run_figures(config.batch_size),
       "status": "finished",
   }
   summary["wall_seconds"] = time.perf_counter() - t_start

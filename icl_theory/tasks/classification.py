@@ -285,3 +285,15 @@ def majority_vote(prompts: ClassificationPrompts) -> jax.Array:
 def prediction_errors(prediction_B: jax.Array, y_B: jax.Array) -> jax.Array:
   """Per prompt: 0 when right, 1 when wrong, 1/2 for a prediction of 0 (a fair coin's expected error)."""
   return jnp.where(prediction_B == 0, 0.5, (prediction_B != y_B).astype(jnp.float32))
+
+
+def outcome_sums(output_B: jax.Array, attention_BxL: jax.Array, prompts: ClassificationPrompts) -> jax.Array:
+  """(5,) sums over the batch: ICL error, its square, majority-vote error, its square, attention on same-pattern contexts.
+
+  The error of sign F(P) and of the labels' majority (`prediction_errors`); float32
+  sums of halves and ones are exact below 2^23 prompts.
+  """
+  error_B = prediction_errors(jnp.sign(output_B), prompts.y_query)
+  vote_B = prediction_errors(majority_vote(prompts), prompts.y_query)
+  mass_B = jnp.sum(attention_BxL * prompts.same_pattern, axis=-1)
+  return jnp.stack([error_B, error_B**2, vote_B, vote_B**2, mass_B], axis=-1).sum(0)
