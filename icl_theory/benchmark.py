@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from icl_theory import files, grid, sharding, trainer
+from icl_theory import files, grid, trainer
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.configs import sweep as sweep_config
 from icl_theory.experiments import lsa_regression
@@ -111,8 +111,8 @@ def _job_config(**fields) -> ml_collections.ConfigDict:
 def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool = True) -> float:
   """Steady-state seconds per step of `trainer.fit` on `config` (compilation excluded).
 
-  Data-parallel over this process's devices, as `icl_theory.main` trains (on CPU
-  the command lines ask for one device per core: `sharding.use_cpu_cores`).
+  Data-parallel over this process's devices, as `icl_theory.main` trains (one CPU
+  device for an LSA run: `experiments.use_cpu_cores`).
   """
   task = lsa_regression.validate_config(config)
   optimizer, schedule = lsa_regression.make_optimizer(config)
@@ -253,7 +253,6 @@ def cli() -> None:
   def main(argv) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    sharding.use_cpu_cores(divides=JOB["batch_size"])  # as the command lines it times do
     try:
       report = run(tuple(chosen.value), out.value)
     except ValueError as error:

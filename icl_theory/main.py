@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from icl_theory import experiments, sharding, trainer
+from icl_theory import experiments, trainer
 from icl_theory.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "lsa.py")
@@ -26,7 +26,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an earlier run of an
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  sharding.use_cpu_cores(divides=_CONFIG.value.get("batch_size"))  # one data-parallel CPU device per core
+  experiments.use_cpu_cores(_CONFIG.value)  # one data-parallel CPU device per core, where that is faster
   try:
     result = experiments.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   except (ConfigError, trainer.TrainingDiverged) as error:

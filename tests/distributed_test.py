@@ -28,6 +28,7 @@ def _data_parallel_child() -> None:
   from icl_theory import sharding, trainer
   from icl_theory.configs import classify, lsa
   from icl_theory.experiments import classification, lsa_regression
+  from icl_theory.tasks import statistics
 
   assert jax.local_device_count() == 4
   out = {}
@@ -69,8 +70,10 @@ def _data_parallel_child() -> None:
   task = lsa_regression.build_task(config)
   with sharding.over_data().tracing():
     lowered = jax.jit(lambda key: lsa_regression.sample_statistics(key, task, 1024)).lower(jax.random.PRNGKey(0))
-  factor = lowered.compile().output_shardings.factor_DxKxB
-  out["sampler_factor_shard_shape"] = list(factor.shard_shape((config.d + 1, config.d + 1, 1024)))
+  entries = lowered.compile().output_shardings.entries_ExB
+  num_entries = len(statistics.factor_pattern(config.d + 1, config.n).rows)
+  out["sampler_entries_shard_shape"] = list(entries.shard_shape((num_entries, 1024)))
+  out["sampler_num_entries"] = num_entries
   print(json.dumps(out))
 
 
@@ -98,7 +101,7 @@ def test_data_parallel_training_matches_one_device(data_parallel_runs, case):
 
 
 def test_the_sampler_draws_a_quarter_of_the_batch_on_each_device(data_parallel_runs):
-  assert data_parallel_runs["sampler_factor_shard_shape"] == [6, 6, 256]
+  assert data_parallel_runs["sampler_entries_shard_shape"] == [data_parallel_runs["sampler_num_entries"], 256]
 
 
 def test_a_group_checkpointed_on_one_device_resumes_on_four(data_parallel_runs):

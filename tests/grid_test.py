@@ -98,12 +98,17 @@ def test_sweep_table_figures_and_rows_match_single_runs(tmp_path):
   # A row of the vmapped group equals the same run trained alone (within float tolerance).
   run = grid.expand_grid(_config())[3]  # n=4, geometric:10, seed 1
   alone = icl_theory.train(run.config(_config().base), str(tmp_path / "alone")).summary
-  for key in ("gamma_rel_error", "learned_risk", "model_risk_mc", "ridge_risk", "ols_risk"):
+  for key in ("learned_risk", "model_risk_mc", "ridge_risk", "ols_risk"):
     np.testing.assert_allclose(rows[3][key], alone[key], rtol=2e-4, err_msg=key)
-  # Rounding differences between the vmapped and the single program compound over the
-  # training steps: compare the matrix as a whole, relative to its norm.
+  # Same draws, but float sums in another order (vmapped reductions), and Adam divides the
+  # near-zero gradients of this ill-conditioned, unconverged run by their own size: rounding
+  # alone moved Gamma by 0.14% of its norm (gamma_rel_error by 0.34%) when only the loss's
+  # summation order changed; the other seed's run sits 4.5% away (8%). Between the two:
   learned, single = np.asarray(rows[3]["effective_gamma"]), np.asarray(alone["effective_gamma"])
-  assert np.linalg.norm(learned - single) < 1e-4 * np.linalg.norm(single)
+  assert np.linalg.norm(learned - single) < 1e-2 * np.linalg.norm(single)
+  np.testing.assert_allclose(rows[3]["gamma_rel_error"], alone["gamma_rel_error"], rtol=1e-2)
+  other_seed = np.asarray(rows[2]["effective_gamma"])
+  assert np.linalg.norm(other_seed - single) > 2e-2 * np.linalg.norm(single)
 
 
 def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):

@@ -45,17 +45,24 @@ def _unique_products(s_NxDxD: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dim, dof, bartlett", [
-    (4, 2, False),    # fewer columns than dimensions: the Gaussian columns are cheaper
-    (4, 4, False),
+    (4, 1, False),    # one column: the Gaussian column is cheaper
+    (4, 2, True),     # Bartlett's trapezoid (rank-deficient Wishart)
+    (4, 4, True),
     (4, 9, True),     # Bartlett's triangle
     (4, 300, True),
     (8, 7, True),     # Bartlett's trapezoid (rank-deficient Wishart)
 ])
 def test_wishart_factor_has_the_wishart_first_and_second_moments(dim, dof, bartlett):
-  assert statistics.uses_bartlett(dim, dof) == bartlett
+  pattern = statistics.factor_pattern(dim, dof)
+  assert statistics.uses_bartlett(dim, dof) == bartlett == pattern.bartlett
   num = 40_000
-  g = jax.jit(lambda k: statistics.wishart_factor(k, dim, dof, num))(jax.random.PRNGKey(dim * 1000 + dof))
+  entries = jax.jit(lambda k: statistics.wishart_entries(k, dim, dof, num))(jax.random.PRNGKey(dim * 1000 + dof))
+  g = statistics.wishart_factor(entries, pattern, dim)
   assert g.shape == (dim, min(dim, dof) if bartlett else dof, num)
+  # Bartlett's factor is lower trapezoidal with a positive diagonal; only the pattern's entries are drawn.
+  if bartlett:
+    assert np.all(np.triu(np.ones((dim, g.shape[1])), 1)[:, :, None] * np.asarray(g) == 0)
+    assert np.all(np.asarray(g)[np.arange(g.shape[1]), np.arange(g.shape[1])] > 0)
   w_NxDxD = np.asarray(jnp.einsum("ikb,jkb->bij", g, g), np.float64)
   entries, products, pairs, (rows, cols) = _unique_products(w_NxDxD)
   eye = np.eye(dim)
@@ -67,7 +74,7 @@ def test_wishart_factor_has_the_wishart_first_and_second_moments(dim, dof, bartl
   assert np.abs(_z_scores(products, second)).max() < _Z
 
 
-@pytest.mark.parametrize("dof", [1, 2, 3, 10, 1000])
+@pytest.mark.parametrize("dof", [1, 2, 3, 10, 11, 20, 21, 1000])  # sums of exponentials up to 20, then rejection
 def test_chi_square_has_the_right_mean_variance_and_skew(dof):
   num = 200_000
   x = np.asarray(jax.jit(lambda k: statistics.chi_square(k, np.array([dof]), num))(jax.random.PRNGKey(dof)),
@@ -80,9 +87,10 @@ def test_chi_square_has_the_right_mean_variance_and_skew(dof):
 
 
 def test_chi_square_rows_are_independent_draws():
-  x = np.asarray(statistics.chi_square(jax.random.PRNGKey(0), np.array([5, 5]), 100_000), np.float64)
-  # Cov(row 0, row 1) = 0, with the standard error of a product of independent chi^2(5).
-  assert abs(_z_scores(((x[0] - 5) * (x[1] - 5))[:, None], np.zeros(1))[0]) < 4
+  for dof in (5, 30):  # both methods
+    x = np.asarray(statistics.chi_square(jax.random.PRNGKey(dof), np.array([dof, dof]), 100_000), np.float64)
+    # Cov(row 0, row 1) = 0, with the standard error of a product of independent chi^2(dof).
+    assert abs(_z_scores(((x[0] - dof) * (x[1] - dof))[:, None], np.zeros(1))[0]) < 4
 
 
 @pytest.mark.parametrize("n", [2, 5, 40])
@@ -91,7 +99,7 @@ def test_statistic_matches_the_token_samplers_in_first_and_second_moments(n):
   task = RegressionTask(d=3, n=n, cov_x="geometric:5@1", cov_w="geometric:3@2", noise_std=0.5)
   num = 60_000
   stats = jax.jit(lambda k: statistics.sample_statistics(k, task, num))(jax.random.PRNGKey(n))
-  s_fast = statistics.statistic_matrix(stats, n)
+  s_fast = statistics.statistic_matrix(stats, task)
   prompts = jax.jit(lambda k: sample_prompts(k, task, num))(jax.random.PRNGKey(100 + n))
   z_BxNxD = jnp.concatenate([prompts.x, prompts.y[..., None]], axis=-1)
   s_tokens = jnp.einsum("bti,btj->bij", z_BxNxD, z_BxNxD) / n

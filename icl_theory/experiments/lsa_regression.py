@@ -22,7 +22,8 @@ import numpy as np
 from absl import logging
 
 from icl_theory import analysis, files, plotting, theory, trainer
-from icl_theory.models import lsa
+from icl_theory.models import lsa, lsa_fused
+from icl_theory.tasks import statistics
 from icl_theory.tasks.regression import RegressionTask, sample_prompts
 from icl_theory.tasks.statistics import sample_statistics
 from icl_theory.validation import ConfigError, check_bool, check_choice, check_float, check_int
@@ -80,14 +81,26 @@ def freeze_vanishing(params: Any) -> Any:
   return {name: {k: mask(w) for k, w in layer.items()} for name, layer in params.items()}
 
 
+def integrated_loss(params: Any, stats: statistics.ContextStatistics, task: RegressionTask,
+                    fused: bool = True) -> jax.Array:
+  """The batch mean of E[(v^T x_q - y_q)^2 | S, w] = (v - w)^T cov_x (v - w) + sigma^2, v the LSA's query map.
+
+  `fused`: a one-layer LSA of small d takes `lsa_fused.integrated_loss`, the same
+  number and gradient as one loop over the batch; otherwise the einsum path.
+  """
+  if fused and lsa_fused.supports(task, lsa.num_layers(params)):
+    return lsa_fused.integrated_loss(params, stats, task)
+  error_dxB = lsa.query_readout(params, statistics.factor(stats, task), task.n) - stats.w_dxB
+  return jnp.mean(jnp.sum(error_dxB * (task.cov_x @ error_dxB), axis=0)) + task.noise_std**2
+
+
 def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> trainer.Objective:
   """The LSA's squared error on the query, over a fresh batch of prompts.
 
   With the Wishart sampler each prompt is its context's statistic S and its w,
-  and the query is integrated out exactly: E[(v^T x_q - y_q)^2 | S, w] =
-  (v - w)^T cov_x (v - w) + sigma^2. Both losses estimate the same population
-  risk, so the same parameters minimise them; the Wishart one costs the same
-  for any n and has a smaller variance.
+  and the query is integrated out exactly (`integrated_loss`). Both losses
+  estimate the same population risk, so the same parameters minimise them; the
+  Wishart one costs the same for any n and has a smaller variance.
   """
   model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
                   vanishing_init_scale=config.vanishing_init_scale)
@@ -104,9 +117,7 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict) -> t
     return jnp.mean((pred - prompts.y_query) ** 2)
 
   def wishart_loss(params, key, task):
-    stats = sample_statistics(key, task, batch_size)
-    error_dxB = lsa.query_readout(params, stats.factor_DxKxB, task.n) - stats.w_dxB
-    return jnp.mean(jnp.sum(error_dxB * (task.cov_x @ error_dxB), axis=0)) + task.noise_std**2
+    return integrated_loss(params, sample_statistics(key, task, batch_size), task)
 
   loss = wishart_loss if uses_wishart(task, config.sampler) else token_loss
   if config.freeze_vanishing_parts:

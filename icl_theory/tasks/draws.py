@@ -3,30 +3,67 @@
 `jax.random` under its default partitionable Threefry spends a whole Threefry
 block on every 32-bit word, and for an array with small trailing axes (a batch
 of (n + 1, d) prompts) its program is about 4x slower to compile and to run.
-Here every block yields two words, over flat counters 0, 1, ...; the words
-become floats exactly as in `jax.random.uniform` and `jax.random.normal` (23
-random mantissa bits; the inverse error function), so the draws have the same
-distribution, from a different stream of the same key.
+Here the words are Threefry-2x32 (20 rounds, as `jax.random`) in counter mode,
+block i = Threefry(key, (i, 0)) giving two words, computed by XLA's
+RngBitGenerator (about 2x faster on CPU than the same blocks from
+`threefry_2x32`; the test checks the two agree). The words become floats
+exactly as in `jax.random.uniform` and `jax.random.normal` (23 random mantissa
+bits; the inverse error function), so the draws have the same distribution,
+from a different stream of the same key.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry_2x32
+
+
+def _rng_bits(key_data: jax.Array, size: int) -> jax.Array:
+  """`size` words of Threefry-2x32 in counter mode, by XLA's RngBitGenerator (unbatched key data)."""
+  state = jnp.concatenate([key_data.astype(jnp.uint32), jnp.zeros(2, jnp.uint32)])
+  return jax.lax.rng_bit_generator(state, (size,), jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _words(size: int) -> Callable[[jax.Array], jax.Array]:
+  """Key data -> `size` words, with a batching rule that keeps each key's own stream.
+
+  JAX's own rule for a batched RngBitGenerator draws every batch entry from the first
+  key's state; here the keys of a vmapped batch (a sweep's runs) each draw their own
+  words, one key at a time, exactly as they would unbatched.
+  """
+  @jax.custom_batching.custom_vmap
+  def words(key_data):
+    return _rng_bits(key_data, size)
+
+  @words.def_vmap
+  def _(axis_size, in_batched, key_data):
+    del axis_size
+    if not in_batched[0]:
+      return words(key_data), False
+    return jax.lax.map(words, key_data), True
+
+  return words
 
 
 def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Uniform uint32 words from `key`: Threefry-2x32 of the counters 0, 1, ..., two words a block."""
-  size = int(np.prod(shape))
+  """Uniform uint32 words from `key`: Threefry-2x32 of the counters (0, 0), (1, 0), ..., two words a block."""
   raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  return threefry_2x32(raw, jnp.arange(size + size % 2, dtype=jnp.uint32))[:size].reshape(shape)
+  return _words(int(np.prod(shape)))(raw).reshape(shape)
 
 
 def _one_to_two(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """U[1, 2) float32: 23 random mantissa bits under the exponent of 1, as jax.random does."""
   return jax.lax.bitcast_convert_type((_bits(key, shape) >> 9) | np.uint32(0x3F800000), jnp.float32)
+
+
+def uniform_positive(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """U(0, 1] float32 (23 random bits): 1 - U[0, 1), whose products of up to 5 stay above float32's smallest normal."""
+  return 2.0 - _one_to_two(key, shape)
 
 
 def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -3,17 +3,19 @@
 For linear responses `z_i = (x_i, y_i) = T^T (x_i, eps_i)` with `T = [[I, w], [0, 1]]`
 and `(x_i, eps_i) ~ N(0, diag(cov_x, sigma^2))`, so
 
-    n S = sum_i z_i z_i^T = T^T C W C^T T,   W ~ Wishart_(d+1)(I, n),   C = diag(chol(cov_x), sigma).
+    n S = sum_i z_i z_i^T = F F^T,   F = T^T C G,   G G^T ~ Wishart_(d+1)(I, n),   C = diag(chol(cov_x), sigma).
 
-We draw a factor `G` of `W = G G^T` and return `F = T^T C G`, so `S = F F^T / n`.
-The factor is Bartlett's: lower triangular (trapezoidal when n < d + 1) with
-chi(n), chi(n-1), ... on the diagonal and standard normals below, `O(d^2)`
-random numbers whatever `n` is; for the smallest `n` it is the `n` Gaussian
-columns themselves, which is cheaper there. Both are exact.
+A batch of contexts is drawn as G's structurally non-zero entries
+(`ContextStatistics.entries_ExB`, in the order of `factor_pattern`) and the task
+vectors w. G is Bartlett's factor: lower triangular (trapezoidal when n < d + 1)
+with chi(n), chi(n-1), ... on the diagonal and standard normals below, `O(d^2)`
+random numbers whatever `n` is; for the smallest `n`, where that costs more, the
+`n` Gaussian columns themselves. Both are exact. `factor` assembles the dense F
+for the general readout; the one-layer training loss
+(`icl_theory.models.lsa_fused`) reads the entries as they are.
 
 Arrays here put the batch axis last (`F_DxKxB`): on CPU, XLA vectorises the
-per-prompt arithmetic over a contiguous batch axis, and random draws with a
-small trailing axis run several times slower.
+per-prompt arithmetic over a contiguous batch axis.
 """
 
 from __future__ import annotations
@@ -28,21 +30,46 @@ from icl_theory import sharding
 from icl_theory.tasks import draws
 from icl_theory.tasks.regression import RegressionTask
 
-# What one chi draw costs, in normal draws: a normal, a uniform, a log and a cube
-# (Marsaglia-Tsang), and about 3% of that again for the redraws.
-_CHI_COST = 3
+# A chi^2(k) with k <= _SUM_MAX_DOF is a sum of exponentials (rejection-free, ceil(k/2) random
+# words); a larger k is one Marsaglia-Tsang proposal (a normal, a uniform, a log and a cube,
+# about 3 words' work) plus the redraws of the few rejected.
+_SUM_MAX_DOF = 20
+_PRODUCT_TERMS = 5  # uniforms per log: a product of 5 U(0, 1] stays above 2^-115
+
+
+class FactorPattern(NamedTuple):
+  """Where G's entries sit: entry e of a batch is G[rows[e], cols[e]]; the rest of G is 0."""
+  rows: tuple[int, ...]
+  cols: tuple[int, ...]
+  num_cols: int   # K: min(n, D) for Bartlett's factor, n for the Gaussian columns
+  bartlett: bool  # if so, the first K entries are the diagonal, chi(n), chi(n-1), ...
 
 
 class ContextStatistics(NamedTuple):
-  """A batch of contexts seen through S = F F^T / n, and their task vectors."""
-  factor_DxKxB: jax.Array  # F; D = d + 1, K = min(n, D) columns
-  w_dxB: jax.Array         # each prompt's w, for the query's integrated loss
+  """A batch of contexts, each as G's entries (S = F F^T / n, F = T^T C G), and their task vectors."""
+  entries_ExB: jax.Array  # G[pattern.rows[e], pattern.cols[e]], pattern = factor_pattern(d + 1, n)
+  w_dxB: jax.Array        # each prompt's w, for T and for the query's integrated loss
+
+
+def _chi_words(dof: int) -> int:
+  return (dof + 1) // 2 if dof <= _SUM_MAX_DOF else 3
 
 
 def uses_bartlett(dim: int, dof: int) -> bool:
-  """Whether Bartlett's factor costs fewer random numbers than `dof` Gaussian columns."""
+  """Whether Bartlett's factor costs fewer random words than `dof` Gaussian columns."""
   k = min(dim, dof)
-  return k * (k - 1) // 2 + (dim - k) * k + _CHI_COST * k < dim * dof
+  below = k * (k - 1) // 2 + (dim - k) * k
+  return below + sum(_chi_words(dof - j) for j in range(k)) < dim * dof
+
+
+def factor_pattern(dim: int, dof: int) -> FactorPattern:
+  """The entries a batch of `(dim, dof)` factors is drawn as (static: a function of the shapes)."""
+  if not uses_bartlett(dim, dof):
+    rows, cols = np.divmod(np.arange(dim * dof), dof)
+    return FactorPattern(tuple(rows.tolist()), tuple(cols.tolist()), dof, bartlett=False)
+  k = min(dim, dof)
+  below_rows, below_cols = np.tril_indices(dim, -1, k)
+  return FactorPattern((*range(k), *below_rows.tolist()), (*range(k), *below_cols.tolist()), k, bartlett=True)
 
 
 def _gamma_proposal(key: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -57,78 +84,101 @@ def _gamma_proposal(key: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]
   return d_ * v, accepted
 
 
-def chi_square(key: jax.Array, dof_K: np.ndarray, batch: int) -> jax.Array:
-  """Exact chi-square draws (K, batch), row k with dof_K[k] >= 1 degrees of freedom.
+def _gamma_by_rejection(key: jax.Array, shape_N: np.ndarray) -> jax.Array:
+  """Exact Gamma(a) draws, a >= 1 each, by Marsaglia and Tsang's rejection method.
 
-  chi^2(k) = 2 Gamma(k/2), Gamma(a) by Marsaglia and Tsang's rejection method
-  (Gamma(a + 1) U^(1/a) for a < 1). Every entry gets one proposal; the few
-  rejected ones (about 1-5%) are redrawn in a small pool of entries until none
-  is left, so the cost is about one proposal per draw. (`jax.random.gamma` is
-  exact too but about 20x slower on CPU.)
+  Every entry gets a proposal; while any entry is still rejected (about 0.03 / a of
+  them are, each time), all get a fresh one and the rejected keep it. A whole-array
+  redraw rather than a gather of the rejected: elementwise, so it splits over
+  devices with the batch, and one or two rounds suffice at these rates.
+  (`jax.random.gamma` is exact too but about 20x slower on CPU.)
   """
-  dof_K = np.asarray(dof_K, np.float64)
-  half = dof_K / 2.0
-  a_N = jnp.asarray(np.repeat(np.where(half < 1.0, half + 1.0, half), batch), jnp.float32)
-  size = a_N.shape[0]
-  value_N, accepted_N = _gamma_proposal(jax.random.fold_in(key, 1), a_N)
-  pool = max(64, size // 16)
+  a_N = jnp.asarray(shape_N, jnp.float32)
 
   def redraw(carry):
     attempt, value_N, accepted_N = carry
-    idx_P = jnp.nonzero(~accepted_N, size=pool, fill_value=size)[0]  # fill: out of range, dropped below
-    proposal, ok = _gamma_proposal(jax.random.fold_in(key, attempt), jnp.take(a_N, idx_P, mode="clip"))
-    value_N = value_N.at[jnp.where(ok, idx_P, size)].set(proposal, mode="drop")
-    accepted_N = accepted_N.at[jnp.where(ok, idx_P, size)].set(True, mode="drop")
-    return attempt + 1, value_N, accepted_N
+    proposal_N, ok_N = _gamma_proposal(jax.random.fold_in(key, attempt), a_N)
+    take_N = ok_N & ~accepted_N
+    return attempt + 1, jnp.where(take_N, proposal_N, value_N), accepted_N | ok_N
 
-  _, value_N, _ = jax.lax.while_loop(lambda carry: ~jnp.all(carry[2]), redraw,
-                                     (jnp.uint32(2), value_N, accepted_N))
-  gamma_KxB = value_N.reshape(dof_K.size, batch)
-  small = np.flatnonzero(half < 1.0)
-  if small.size:  # Gamma(a) = Gamma(a + 1) U^(1/a), only for the rows with one degree of freedom
-    u = draws.uniform(jax.random.fold_in(key, 0), (small.size, batch))
-    gamma_KxB = gamma_KxB.at[small].multiply(u ** (1.0 / half[small, None]))
-  return 2.0 * gamma_KxB
+  value_N, accepted_N = _gamma_proposal(jax.random.fold_in(key, 0), a_N)
+  _, value_N, _ = jax.lax.while_loop(lambda carry: ~jnp.all(carry[2]), redraw, (jnp.uint32(1), value_N, accepted_N))
+  return value_N
 
 
-def wishart_factor(key: jax.Array, dim: int, dof: int, batch: int) -> jax.Array:
-  """G (dim, K, batch), K = min(dim, dof), with G G^T ~ Wishart_dim(I, dof).
+def _chi_square_by_sums(key: jax.Array, dof: int, batch: int) -> jax.Array:
+  """chi^2(k) = -2 log(U_1 ... U_m) + (k odd) Z^2 with m = k // 2: exact, no rejection, O(k) words."""
+  k_u, k_z = jax.random.split(key)
+  m = dof // 2
+  value_B = jnp.zeros((batch,), jnp.float32)
+  if m:
+    u_MxB = draws.uniform_positive(k_u, (m, batch))
+    for start in range(0, m, _PRODUCT_TERMS):  # one log per few uniforms: the product cannot underflow
+      value_B = value_B - 2.0 * jnp.log(jnp.prod(u_MxB[start:start + _PRODUCT_TERMS], axis=0))
+  if dof % 2:
+    value_B = value_B + draws.normal(k_z, (batch,)) ** 2
+  return value_B
 
-  Bartlett's factor: the lower-trapezoidal Cholesky factor of the Gaussian
-  columns' Gram matrix, chi(dof), chi(dof - 1), ... on its diagonal and
-  standard normals below. Where that costs more, the dof Gaussian columns.
+
+def chi_square(key: jax.Array, dof_K: np.ndarray, batch: int) -> jax.Array:
+  """Exact chi-square draws (K, batch), row k with dof_K[k] >= 1 degrees of freedom.
+
+  Small degrees of freedom (<= 20) are sums of exponentials (`_chi_square_by_sums`);
+  larger ones are 2 Gamma(k/2) by Marsaglia and Tsang's rejection method, which
+  costs the same for any k.
   """
-  if not uses_bartlett(dim, dof):
-    return draws.normal(key, (dim, dof, batch))
-  k = min(dim, dof)
+  dof_K = np.asarray(dof_K, np.int64)
+  rows: list[jax.Array | None] = [None] * dof_K.size
+  large = np.flatnonzero(dof_K > _SUM_MAX_DOF)
+  if large.size:
+    gamma_N = _gamma_by_rejection(jax.random.fold_in(key, 0), np.repeat(dof_K[large] / 2.0, batch))
+    for j, row in enumerate(large):
+      rows[row] = 2.0 * gamma_N[j * batch:(j + 1) * batch]
+  for row in np.flatnonzero(dof_K <= _SUM_MAX_DOF):
+    rows[row] = _chi_square_by_sums(jax.random.fold_in(key, 1 + int(row)), int(dof_K[row]), batch)
+  return jnp.stack(rows)
+
+
+def wishart_entries(key: jax.Array, dim: int, dof: int, batch: int) -> jax.Array:
+  """G's entries (E, batch), in the order of `factor_pattern(dim, dof)`, for G G^T ~ Wishart_dim(I, dof)."""
+  pattern = factor_pattern(dim, dof)
   k_normal, k_chi = jax.random.split(key)
-  rows, cols = np.tril_indices(dim, -1, k)
-  below_LxB = draws.normal(k_normal, (rows.size, batch))
-  # Place the below-diagonal draws by a gather of whole batch rows (a zero row elsewhere).
-  slot = np.full((dim, k), rows.size)
-  slot[rows, cols] = np.arange(rows.size)
-  padded = jnp.concatenate([below_LxB, jnp.zeros((1, batch))], axis=0)
-  lower_DxKxB = padded[slot.reshape(-1)].reshape(dim, k, batch)
+  if not pattern.bartlett:
+    return draws.normal(k_normal, (len(pattern.rows), batch))
+  k = pattern.num_cols
   diagonal_KxB = jnp.sqrt(chi_square(k_chi, dof - np.arange(k), batch))
-  return lower_DxKxB + np.eye(dim, k)[:, :, None] * diagonal_KxB[None]
+  return jnp.concatenate([diagonal_KxB, draws.normal(k_normal, (len(pattern.rows) - k, batch))])
 
 
 def sample_statistics(key: jax.Array, task: RegressionTask, batch: int) -> ContextStatistics:
-  """`batch` contexts of linear-Gaussian prompts as (F, w). Jit with `static_argnums=2`."""
+  """`batch` contexts of linear-Gaussian prompts as (G's entries, w). Jit with `static_argnums=2`."""
   if not task.is_gaussian:
     raise ValueError(f"response={task.response!r}: the Wishart sampler needs jointly Gaussian (x, y); "
                      "use sample_prompts")
-  d, n = task.d, task.n
   k_w, k_factor = jax.random.split(key)
-  w_dxB = jnp.linalg.cholesky(task.cov_w) @ draws.normal(k_w, (d, batch))
-  g_DxKxB = wishart_factor(k_factor, d + 1, n, batch)
+  w_dxB = jnp.linalg.cholesky(task.cov_w) @ draws.normal(k_w, (task.d, batch))
+  entries_ExB = wishart_entries(k_factor, task.d + 1, task.n, batch)
+  return sharding.shard_batch(ContextStatistics(entries_ExB=entries_ExB, w_dxB=w_dxB), axis=-1)
+
+
+def wishart_factor(entries_ExB: jax.Array, pattern: FactorPattern, dim: int) -> jax.Array:
+  """The dense G (dim, K, batch) with G G^T ~ Wishart_dim(I, dof), from its entries."""
+  slot = np.full((dim, pattern.num_cols), len(pattern.rows))  # a zero row for G's structural zeros
+  slot[pattern.rows, pattern.cols] = np.arange(len(pattern.rows))
+  padded = jnp.concatenate([entries_ExB, jnp.zeros((1, entries_ExB.shape[-1]), entries_ExB.dtype)])
+  return padded[slot.reshape(-1)].reshape(dim, pattern.num_cols, -1)
+
+
+def factor(stats: ContextStatistics, task: RegressionTask) -> jax.Array:
+  """F = T^T C G (D, K, B): n S = F F^T, the context's (x_i, y_i) up to a rotation of its columns."""
+  d = task.d
+  g_DxKxB = wishart_factor(stats.entries_ExB, factor_pattern(d + 1, task.n), d + 1)
   x_dxKxB = jnp.einsum("ij,jkb->ikb", jnp.linalg.cholesky(task.cov_x), g_DxKxB[:d])
-  y_KxB = jnp.einsum("ikb,ib->kb", x_dxKxB, w_dxB) + task.noise_std * g_DxKxB[d]
-  stats = ContextStatistics(factor_DxKxB=jnp.concatenate([x_dxKxB, y_KxB[None]], axis=0), w_dxB=w_dxB)
-  return sharding.shard_batch(stats, axis=-1)
+  y_KxB = jnp.einsum("ikb,ib->kb", x_dxKxB, stats.w_dxB) + task.noise_std * g_DxKxB[d]
+  return jnp.concatenate([x_dxKxB, y_KxB[None]], axis=0)
 
 
-def statistic_matrix(stats: ContextStatistics, n: int) -> jax.Array:
+def statistic_matrix(stats: ContextStatistics, task: RegressionTask) -> jax.Array:
   """S = F F^T / n as (B, D, D), batch first like the token path's statistics."""
-  f = stats.factor_DxKxB
-  return jnp.einsum("ikb,jkb->bij", f, f) / n
+  f = factor(stats, task)
+  return jnp.einsum("ikb,jkb->bij", f, f) / task.n
