@@ -6,6 +6,9 @@ r"""Speed figures of the LSA trainer, each a ratio measured within one run.
 1. throughput_ratio_vs_reference: training prompts/s of `trainer.fit` with the
    default ('auto': Wishart) sampler against `Reference`, a straightforward
    implementation (below) of the same job: d = 10, n = 10, batch 2048, Adam.
+   Both are timed warm: the reference after 10 untimed steps, the trainer after
+   an untimed short fit (the first steps of a process's first program ran 1.5x
+   slower here, on either side).
 2. cost_ratio_n1000_vs_n10: seconds per training step at n = 1000 over n = 10.
 3. time_to_theorem_seconds: wall seconds of a whole `python -m icl_theory.main`
    process (imports and compilation included) with the default config, and
@@ -108,7 +111,7 @@ def _job_config(**fields) -> ml_collections.ConfigDict:
   return config
 
 
-def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool = True) -> float:
+def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool = True, fused: bool = True) -> float:
   """Steady-state seconds per step of `trainer.fit` on `config` (compilation excluded).
 
   Data-parallel over this process's devices, as `icl_theory.main` trains (one CPU
@@ -117,7 +120,7 @@ def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool 
   task = lsa_regression.validate_config(config)
   optimizer, schedule = lsa_regression.make_optimizer(config)
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.steps // 2, checkpoint_every=0)
-  result = trainer.fit(lsa_regression.make_objective(task, config), optimizer, schedule, settings, config.seed, task,
+  result = trainer.fit(lsa_regression.make_objective(task, config, fused), optimizer, schedule, settings, config.seed, task,
                        data_parallel=data_parallel)
   return result.train_seconds / result.steps_this_process
 
@@ -125,6 +128,7 @@ def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool 
 def throughput(steps: int = 500) -> dict[str, Any]:
   """Figure 1; the reference is timed between two measurements of the trainer."""
   config = _job_config(steps=steps)
+  trainer_step_seconds(_job_config(steps=steps // 5))  # untimed: a fresh process's first program runs slow
   ours = [config.batch_size / trainer_step_seconds(config)]
   reference = Reference(d=config.d, n=config.n, batch_size=config.batch_size).prompts_per_second(max(steps // 5, 50))
   ours.append(config.batch_size / trainer_step_seconds(config))
@@ -175,7 +179,8 @@ def sweep(workdir: str, sequential_samples: int = 3) -> dict[str, Any]:
   # One run's steady-state training time: a run of the grid, compiled and warm.
   one = runs[len(runs) // 2].config(config.base)
   one.checkpoint_every = 0
-  steady = trainer_step_seconds(one) * one.steps
+  steady = trainer_step_seconds(one, fused=False) * one.steps  # the loss the sweep trains (grid.py)
+  steady_fused = trainer_step_seconds(one) * one.steps        # ... and a single command's
   # Single-run commands, as a user without the sweep would run them; a few of them, spread over n.
   picks = np.linspace(0, len(runs) - 1, sequential_samples).round().astype(int)
   base = {k: config.base[k] for k in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_samples",
@@ -191,6 +196,7 @@ def sweep(workdir: str, sequential_samples: int = 3) -> dict[str, Any]:
   sequential = float(np.mean(command_seconds)) * len(runs)
   return {"sweep_overhead_ratio": sweep_seconds / (len(runs) * steady), "sweep_seconds": sweep_seconds,
           "num_runs": len(runs), "single_run_steady_train_seconds": steady,
+          "single_run_fused_steady_train_seconds": steady_fused,
           "sweep_speedup_vs_sequential": sequential / sweep_seconds,
           "single_run_command_seconds": command_seconds, "sequential_seconds_estimate": sequential}
 

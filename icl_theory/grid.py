@@ -99,7 +99,7 @@ def _train_group(config: ml_collections.ConfigDict, runs: list[GridRun], group_d
   run_config = runs[0].config(base)
   optimizer, lr_schedule = lsa_regression.make_optimizer(base)
   settings = trainer.LoopSettings.from_config(base)
-  result = trainer.fit_group(lsa_regression.make_objective(tasks[0], run_config), optimizer, lr_schedule, settings,
+  result = trainer.fit_group(lsa_regression.make_objective(tasks[0], run_config, fused=False), optimizer, lr_schedule, settings,
                              [run.seed for run in runs], stacked, workdir=group_dir)
   keys = np.stack([np.asarray(lsa_regression.eval_key(run.seed)) for run in runs])
   # Evaluation runs on one device: on forced host devices, linear algebra inside the Monte Carlo

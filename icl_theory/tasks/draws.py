@@ -20,12 +20,20 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry_2x32
 
 
 def _rng_bits(key_data: jax.Array, size: int) -> jax.Array:
   """`size` words of Threefry-2x32 in counter mode, by XLA's RngBitGenerator (unbatched key data)."""
   state = jnp.concatenate([key_data.astype(jnp.uint32), jnp.zeros(2, jnp.uint32)])
   return jax.lax.rng_bit_generator(state, (size,), jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)[1]
+
+
+def _threefry_words(key_data: jax.Array, size: int) -> jax.Array:
+  """The same words as `_rng_bits`, from `threefry_2x32` (jnp operations: these vectorise over a batch of keys)."""
+  blocks = (size + 1) // 2
+  counters = jnp.concatenate([jnp.arange(blocks, dtype=jnp.uint32), jnp.zeros(blocks, jnp.uint32)])
+  return threefry_2x32(key_data.astype(jnp.uint32), counters).reshape(2, blocks).T.reshape(-1)[:size]
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,7 +53,7 @@ def _words(size: int) -> Callable[[jax.Array], jax.Array]:
     del axis_size
     if not in_batched[0]:
       return words(key_data), False
-    return jax.lax.map(words, key_data), True
+    return jax.vmap(functools.partial(_threefry_words, size=size))(key_data), True
 
   return words
 
