@@ -33,3 +33,14 @@ def test_floats_have_the_uniform_and_normal_moments():
   assert abs((z**4).mean() - 3) < 4 * np.sqrt(96 / num)
   # Different keys, different words.
   assert not np.array_equal(draws._bits(jax.random.PRNGKey(0), (8,)), draws._bits(jax.random.PRNGKey(1), (8,)))
+
+
+def test_vmapped_keys_draw_their_own_words():
+  """A sweep vmaps its runs' keys: each must get the words it gets alone (JAX's own
+  RngBitGenerator batching rule would give every run the first key's stream)."""
+  keys = jax.random.split(jax.random.PRNGKey(5), 3)
+  alone = np.stack([draws._bits(key, (2, 5)) for key in keys])
+  np.testing.assert_array_equal(jax.jit(jax.vmap(lambda k: draws._bits(k, (2, 5))))(keys), alone)
+  np.testing.assert_array_equal(jax.vmap(lambda k: draws._bits(k, (2, 5)))(keys[:1]), alone[:1])  # one run
+  nested = jax.vmap(jax.vmap(lambda k: draws._bits(k, (2, 5))))(jnp.stack([keys, keys[::-1]]))
+  np.testing.assert_array_equal(nested[1], alone[::-1])

@@ -42,7 +42,8 @@ def _words(size: int) -> Callable[[jax.Array], jax.Array]:
 
   JAX's own rule for a batched RngBitGenerator draws every batch entry from the first
   key's state; here the keys of a vmapped batch (a sweep's runs) each draw their own
-  words, one key at a time, exactly as they would unbatched.
+  words, exactly as they would unbatched, from `threefry_2x32` (vectorised over the
+  keys); a batch of one key (a single run) keeps RngBitGenerator.
   """
   @jax.custom_batching.custom_vmap
   def words(key_data):
@@ -50,9 +51,10 @@ def _words(size: int) -> Callable[[jax.Array], jax.Array]:
 
   @words.def_vmap
   def _(axis_size, in_batched, key_data):
-    del axis_size
     if not in_batched[0]:
       return words(key_data), False
+    if axis_size == 1:  # a single run under the trainer's run axis: the fast path
+      return words(key_data[0])[None], True
     return jax.vmap(functools.partial(_threefry_words, size=size))(key_data), True
 
   return words
