@@ -55,7 +55,7 @@ def _words(size: int) -> Callable[[jax.Array], jax.Array]:
       return words(key_data), False
     if axis_size == 1:  # a single run under the trainer's run axis: the fast path
       return words(key_data[0])[None], True
-    return jax.vmap(functools.partial(_threefry_words, size=size))(key_data), True
+    return jax.lax.map(words, key_data), True
 
   return words
 
