@@ -106,18 +106,27 @@ def _gamma_by_rejection(key: jax.Array, shape_N: np.ndarray) -> jax.Array:
   return value_N
 
 
-def _chi_square_by_sums(key: jax.Array, dof: int, batch: int) -> jax.Array:
-  """chi^2(k) = -2 log(U_1 ... U_m) + (k odd) Z^2 with m = k // 2: exact, no rejection, O(k) words."""
+def _chi_square_by_sums(key: jax.Array, dof_K: np.ndarray, batch: int) -> list[jax.Array]:
+  """chi^2(k) = -2 log(U_1 ... U_m) + (k odd) Z^2, m = k // 2, one row per k: exact, no rejection.
+
+  All rows' uniforms come from one draw and all their normals from another: under a
+  sweep's vmap every draw is a loop over the runs, so fewer draws, fewer loops.
+  """
   k_u, k_z = jax.random.split(key)
-  m = dof // 2
-  value_B = jnp.zeros((batch,), jnp.float32)
-  if m:
-    u_MxB = draws.uniform_positive(k_u, (m, batch))
-    for start in range(0, m, _PRODUCT_TERMS):  # one log per few uniforms: the product cannot underflow
-      value_B = value_B - 2.0 * jnp.log(jnp.prod(u_MxB[start:start + _PRODUCT_TERMS], axis=0))
-  if dof % 2:
-    value_B = value_B + draws.normal(k_z, (batch,)) ** 2
-  return value_B
+  halves = dof_K // 2
+  odd = np.flatnonzero(dof_K % 2)
+  u_MxB = draws.uniform_positive(k_u, (max(int(halves.sum()), 1), batch))
+  z_OxB = draws.normal(k_z, (max(odd.size, 1), batch))
+  rows = []
+  for k, m in enumerate(halves.tolist()):
+    first = int(halves[:k].sum())
+    value_B = jnp.zeros((batch,), jnp.float32)
+    for start in range(first, first + m, _PRODUCT_TERMS):  # one log per few uniforms: no underflow
+      value_B = value_B - 2.0 * jnp.log(jnp.prod(u_MxB[start:min(start + _PRODUCT_TERMS, first + m)], axis=0))
+    if dof_K[k] % 2:
+      value_B = value_B + z_OxB[int(np.searchsorted(odd, k))] ** 2
+    rows.append(value_B)
+  return rows
 
 
 def chi_square(key: jax.Array, dof_K: np.ndarray, batch: int) -> jax.Array:
@@ -134,8 +143,10 @@ def chi_square(key: jax.Array, dof_K: np.ndarray, batch: int) -> jax.Array:
     gamma_N = _gamma_by_rejection(jax.random.fold_in(key, 0), np.repeat(dof_K[large] / 2.0, batch))
     for j, row in enumerate(large):
       rows[row] = 2.0 * gamma_N[j * batch:(j + 1) * batch]
-  for row in np.flatnonzero(dof_K <= _SUM_MAX_DOF):
-    rows[row] = _chi_square_by_sums(jax.random.fold_in(key, 1 + int(row)), int(dof_K[row]), batch)
+  small = np.flatnonzero(dof_K <= _SUM_MAX_DOF)
+  if small.size:
+    for row, value_B in zip(small, _chi_square_by_sums(jax.random.fold_in(key, 1), dof_K[small], batch)):
+      rows[row] = value_B
   return jnp.stack(rows)
 
 
