@@ -35,13 +35,17 @@ class LinearSelfAttention(nn.Module):
   vanishing_init_scale: float = 0.0
 
   @nn.compact
-  def __call__(self, h_BxTxD: jax.Array, mask_T: jax.Array, n: int) -> jax.Array:
+  def __call__(self, h_BxTxD: jax.Array, mask_T: jax.Array, n: int, query_only: bool = False) -> jax.Array:
+    """The updated tokens (B, T, D); with `query_only`, the query token's alone (B, D)."""
     dim = h_BxTxD.shape[-1]
     init = _init(self.init_scale, self.vanishing_init_scale)
     w_pv_DxD = self.param("W_PV", init, (dim, dim))
     w_kq_DxD = self.param("W_KQ", init, (dim, dim))
     s_BxDxD = jnp.einsum("btd,t,bte->bde", h_BxTxD, mask_T, h_BxTxD) / n
     mix_BxDxD = w_pv_DxD @ s_BxDxD @ w_kq_DxD
+    if query_only:  # the last layer: only the query is read out, so only it is updated
+      query_BxD = h_BxTxD[:, n]
+      return query_BxD + jnp.einsum("bed,bd->be", mix_BxDxD, query_BxD)
     return h_BxTxD + jnp.einsum("bed,btd->bte", mix_BxDxD, h_BxTxD)
 
 
@@ -56,10 +60,10 @@ class LSA(nn.Module):
     h_BxTxD = prompt_tokens(x_BxNxD, y_BxN, x_query_BxD)
     n = x_BxNxD.shape[1]
     mask_T = jnp.ones(n + 1, h_BxTxD.dtype).at[n].set(0.0)
-    for i in range(self.num_layers):
-      layer = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{i}")
-      h_BxTxD = layer(h_BxTxD, mask_T, n)
-    return h_BxTxD[:, n, -1]
+    for i in range(self.num_layers - 1):
+      h_BxTxD = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{i}")(h_BxTxD, mask_T, n)
+    last = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{self.num_layers - 1}")
+    return last(h_BxTxD, mask_T, n, query_only=True)[:, -1]
 
 
 def prompt_tokens(x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:
