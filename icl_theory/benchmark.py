@@ -187,6 +187,9 @@ def sweep(workdir: str, sequential_samples: int = 3) -> dict[str, Any]:
   # One run's steady-state training time: a run of the grid, compiled and warm.
   one = runs[len(runs) // 2].config(config.base)
   one.checkpoint_every = 0
+  warm = one.copy_and_resolve_references()
+  warm.steps = one.steps // 10
+  trainer_step_seconds(warm, fused=False)  # untimed, as in figure 1: whichever figure runs first
   steady = trainer_step_seconds(one, fused=False) * one.steps  # the loss the sweep trains (grid.py)
   steady_fused = trainer_step_seconds(one) * one.steps        # ... and a single command's
   # Single-run commands, as a user without the sweep would run them; a few of them, spread over n.
