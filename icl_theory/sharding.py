@@ -50,8 +50,9 @@ def cpu_cores() -> int:
 def use_cpu_cores(divides: int | None = None) -> int:
   """Asks XLA for one CPU device per core, so that runs and batches can use every core.
 
-  An XLA CPU device runs each program on one thread, so on one device a run uses
-  one core however many there are. With `divides` (a data-parallel batch size)
+  An XLA CPU device runs a program's small kernels one after another on about one
+  thread (only large elementwise loops are split over the cores), so a sweep of
+  small runs uses about one core per device. With `divides` (a data-parallel batch size)
   the count is the largest one up to the cores that divides it. Does nothing, and
   returns 0, where XLA_FLAGS already sets the count, or where the platform is not
   the CPU (JAX_PLATFORMS); call it before JAX starts its backends (the command
