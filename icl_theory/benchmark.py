@@ -111,7 +111,7 @@ def _job_config(**fields) -> ml_collections.ConfigDict:
   return config
 
 
-def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool = True, fused: bool = True) -> float:
+def trainer_step_seconds(config: ml_collections.ConfigDict, fused: bool = True) -> float:
   """Steady-state seconds per step of `trainer.fit` on `config` (compilation excluded).
 
   Data-parallel over this process's devices, as `icl_theory.main` trains (one CPU
@@ -120,8 +120,7 @@ def trainer_step_seconds(config: ml_collections.ConfigDict, data_parallel: bool 
   task = lsa_regression.validate_config(config)
   optimizer, schedule = lsa_regression.make_optimizer(config)
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.steps // 2, checkpoint_every=0)
-  result = trainer.fit(lsa_regression.make_objective(task, config, fused), optimizer, schedule, settings, config.seed, task,
-                       data_parallel=data_parallel)
+  result = trainer.fit(lsa_regression.make_objective(task, config, fused), optimizer, schedule, settings, config.seed, task)
   return result.train_seconds / result.steps_this_process
 
 

@@ -87,13 +87,19 @@ def run_config(name: str, seed: int) -> ml_collections.ConfigDict:
   return config
 
 
+@functools.lru_cache(maxsize=None)
+def _evaluator(model: Any) -> classification.Evaluator:
+  """One Evaluator (and its compiled programs) per model, shared by the model's seeds."""
+  return classification.Evaluator(model, EVAL_SAMPLES)
+
+
 def evaluate_run(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
   """The run's rows: out of domain over S1 x OOD_ALPHAS, and every domain over ALPHAS (OOD at S1 = 1).
 
   Keys as in classification.evaluate: one per domain, so the rows of a domain are
   paired (the same draws, at different S1 or alpha').
   """
-  evaluator = classification.Evaluator(classification.make_model(config), EVAL_SAMPLES)
+  evaluator = _evaluator(classification.make_model(config))
   root = classification.eval_key(config.seed)
   key = {domain: jax.random.fold_in(root, i) for i, domain in enumerate(classification.PREFIXES)}
 
@@ -121,6 +127,19 @@ def _evaluation() -> dict:
                            "eval_samples": EVAL_SAMPLES})
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _layer_masses(model: Any, params: Any, task: Any, key: jax.Array, alpha: float, domain: str) -> jax.Array:
+  """Per layer and head, the query's mean attention on its pattern's contexts: (layers, heads).
+
+  Jitted once per (model, alpha, domain), shared by the model's seeds.
+  """
+  prompts = sample_prompts(key, task, LAYER_SAMPLES, PROMPT_LEN, alpha, domain)
+  _, state = model.apply({"params": params}, *prompt_tokens(prompts, task.q), mutable=["intermediates"])
+  return jnp.stack([(attention_BxHxL * prompts.same_pattern[:, None, :]).sum(-1).mean(0)
+                    for (attention_BxHxL,) in (state["intermediates"][f"attention_layer{k}"]
+                                               for k in range(model.num_layers))])
+
+
 def layer_attention(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
   """gpt only: per layer, the query's attention on its pattern's contexts, for the head most and least on it.
 
@@ -129,21 +148,12 @@ def layer_attention(result: Any, config: ml_collections.ConfigDict) -> list[dict
   does what is a seed's accident), so each seed reports its max and min head.
   """
   model = classification.make_model(config)
-
-  @functools.partial(jax.jit, static_argnums=(3, 4))
-  def masses(params, task, key, alpha: float, domain: str) -> jax.Array:
-    prompts = sample_prompts(key, task, LAYER_SAMPLES, PROMPT_LEN, alpha, domain)
-    _, state = model.apply({"params": params}, *prompt_tokens(prompts, task.q), mutable=["intermediates"])
-    return jnp.stack([(attention_BxHxL * prompts.same_pattern[:, None, :]).sum(-1).mean(0)
-                      for (attention_BxHxL,) in (state["intermediates"][f"attention_layer{k}"]
-                                                 for k in range(config.num_layers))])  # (layers, heads)
-
   root = jax.random.fold_in(classification.eval_key(config.seed), _LAYER_STREAM)
   rows = []
   for i, (domain, s1) in enumerate(LAYER_DOMAINS):
     task = result.task.with_s1(s1) if domain == "ood" else result.task
     for alpha in LAYER_ALPHAS:
-      mass_NxH = np.asarray(masses(result.params, task, jax.random.fold_in(root, i), alpha, domain))
+      mass_NxH = np.asarray(_layer_masses(model, result.params, task, jax.random.fold_in(root, i), alpha, domain))
       rows += [{"domain": domain, "s1": s1, "alpha_test": alpha, "layer": layer, "head_max": float(m.max()),
                 "head_min": float(m.min()), "head_mean": float(m.mean())} for layer, m in enumerate(mass_NxH)]
   return rows
@@ -257,18 +267,19 @@ def main(argv) -> None:
   files.write_csv(os.path.join(target, "error_by_alpha.csv"), by_alpha, significant=6)
   files.write_csv(os.path.join(target, "runs.csv"), rows, significant=6)
   files.write_csv(os.path.join(target, "gpt_attention_by_layer.csv"), by_layer, significant=6)
+  found = verdicts(by_s1)
   settings = {"prompt_len": PROMPT_LEN, "eval_samples_per_estimate": EVAL_SAMPLES, "seeds": _SEEDS.value,
               "near_zero": NEAR_ZERO, "s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS,
               "layer_attention": _layer_settings(),
               "models": {name: {"description": classification.describe_model(run_config(name, 0)),
                                 "config_changes": changes} for name, changes in MODELS.items()}}
   files.write_json(os.path.join(target, "summary.json"), {
-      "settings": settings, "verdicts": verdicts(by_s1),
+      "settings": settings, "verdicts": found,
       "runs": [{k: v for k, v in record.items() if k not in ("rows", "config", "evaluation")} for record in records],
       "wall_seconds_this_process": time.perf_counter() - t_start})  # a resumed run: only what it redid
   plotting.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"), [r for r in rows if r["table"] == "ood_by_s1"])
   plotting.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
-  for v in verdicts(by_s1):
+  for v in found:
     logging.info("%-9s alpha'=%.1f: max error over S1 >= 1: %.4f; min error below: %.4f (majority vote %.3f)",
                  v["model"], v["alpha_test"], v["max_error_s1_at_least_1"], v["min_error_s1_below_1"],
                  v["majority_vote_error"])

@@ -48,7 +48,7 @@ import icl_theory
 from icl_theory import files, mechanism, plotting, sharding
 from icl_theory.configs import classify
 from icl_theory.experiments import classification
-from icl_theory.tasks.classification import num_same, sample_prompts
+from icl_theory.tasks.classification import majority_vote, num_same, sample_prompts
 from icl_theory.validation import ConfigError
 
 CLAIMS = ("prompt_length", "mechanism", "pruning", "classical")
@@ -294,8 +294,7 @@ def classical_claim(model: Model) -> dict[str, Any]:
         else:
           prompts = mechanism.sample_binomial_prompts(prompt_key, task, CLASSICAL_SAMPLES, l, alpha, DOMAIN)
         errors = {"icl": np.asarray(mechanism.icl_errors(params, task, prompts)),
-                  "majority_vote": np.asarray(mechanism.prediction_errors(np.sign(prompts.y.sum(-1)),
-                                                                          prompts.y_query))}
+                  "majority_vote": np.asarray(mechanism.prediction_errors(majority_vote(prompts), prompts.y_query))}
         for name, prediction in mechanism.classical_predictions(prompts).items():
           errors[name] = np.asarray(mechanism.prediction_errors(prediction, prompts.y_query))
         for method, error_B in errors.items():

@@ -36,7 +36,6 @@ class TransformerTest(chex.TestCase):
     chex.assert_shape(attention, (_B, _L))
     chex.assert_tree_all_finite((output, attention))
     np.testing.assert_allclose(attention.sum(-1), 1.0, rtol=1e-5)
-    assert (attention >= 0).all()
     # Every layer's per-head query attention is kept; the returned one is the last layer's head mean.
     layers = state["intermediates"]
     assert sorted(layers) == ["attention_layer0", "attention_layer1"]

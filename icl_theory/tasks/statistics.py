@@ -114,15 +114,15 @@ def _chi_square_by_sums(key: jax.Array, dof_K: np.ndarray, batch: int) -> list[j
   """
   k_u, k_z = jax.random.split(key)
   halves = dof_K // 2
+  starts = np.concatenate([[0], np.cumsum(halves)])  # row k's uniforms: starts[k] .. starts[k + 1]
   odd = np.flatnonzero(dof_K % 2)
-  u_MxB = draws.uniform_positive(k_u, (max(int(halves.sum()), 1), batch))
-  z_OxB = draws.normal(k_z, (max(odd.size, 1), batch))
+  u_MxB = draws.uniform_positive(k_u, (int(starts[-1]), batch)) if starts[-1] else None
+  z_OxB = draws.normal(k_z, (odd.size, batch)) if odd.size else None
   rows = []
-  for k, m in enumerate(halves.tolist()):
-    first = int(halves[:k].sum())
+  for k in range(dof_K.size):
     value_B = jnp.zeros((batch,), jnp.float32)
-    for start in range(first, first + m, _PRODUCT_TERMS):  # one log per few uniforms: no underflow
-      value_B = value_B - 2.0 * jnp.log(jnp.prod(u_MxB[start:min(start + _PRODUCT_TERMS, first + m)], axis=0))
+    for start in range(starts[k], starts[k + 1], _PRODUCT_TERMS):  # one log per few uniforms: no underflow
+      value_B = value_B - 2.0 * jnp.log(jnp.prod(u_MxB[start:min(start + _PRODUCT_TERMS, starts[k + 1])], axis=0))
     if dof_K[k] % 2:
       value_B = value_B + z_OxB[int(np.searchsorted(odd, k))] ** 2
     rows.append(value_B)
