@@ -92,10 +92,41 @@ def shard_runs(tree: Any, devices: Sequence[jax.Device] | None = None) -> tuple[
   return jax.device_put(jax.tree.map(pad, tree), sharding), sharding
 
 
-def per_run(fn: Callable, sharding: NamedSharding) -> Callable:
-  """`fn` (one run's arguments -> one run's outputs) over the sharded run axis, device by device."""
+def run_shapes(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+  """The shapes, dtypes and shardings that `shard_runs(tree, devices)` would give, without placing anything.
+
+  Leaves may be arrays or `jax.ShapeDtypeStruct`s. For compiling a program ahead
+  of its data (`jit(...).lower(shapes).compile()`), e.g. on another thread.
+  """
+  sharding = run_sharding(devices)
+  num_devices = sharding.mesh.size
+
+  def shape(x):
+    (runs, *rest), dtype = _shape_and_dtype(x)
+    return jax.ShapeDtypeStruct((runs + -runs % num_devices, *rest), dtype, sharding=sharding)
+
+  return jax.tree.map(shape, tree)
+
+
+def _shape_and_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:
+  """A leaf's shape and the dtype it has once on a device (float64 -> float32 without jax_enable_x64)."""
+  if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+    x = np.asarray(x)
+  return tuple(x.shape), jax.dtypes.canonicalize_dtype(x.dtype)
+
+
+def per_run(fn: Callable, sharding: NamedSharding, one_at_a_time: bool = False) -> Callable:
+  """`fn` (one run's arguments -> one run's outputs) over the sharded run axis, device by device.
+
+  Each device vmaps `fn` over its runs, or with `one_at_a_time` loops over them
+  (`lax.map`): the same numbers; for Monte Carlo evaluation, whose batches of
+  per-run draws are large, the loop compiled and ran a third faster on the CPU.
+  """
+  def each(*args):
+    return jax.lax.map(lambda run_args: fn(*run_args), args) if one_at_a_time else jax.vmap(fn)(*args)
+
   # check_vma=False: the body has no collectives, and scan carries would need pvary otherwise.
-  return jax.shard_map(jax.vmap(fn), mesh=sharding.mesh, in_specs=RUNS, out_specs=RUNS, check_vma=False)
+  return jax.shard_map(each, mesh=sharding.mesh, in_specs=RUNS, out_specs=RUNS, check_vma=False)
 
 
 @contextlib.contextmanager
@@ -141,6 +172,13 @@ class Placement:
     if self.data_parallel:
       return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
     return shard_runs(tree, list(self.mesh.devices.flat))[0]
+
+  def shapes(self, tree: Any) -> Any:
+    """What `place(tree)` would give, as `jax.ShapeDtypeStruct`s: for compiling ahead of the data."""
+    if self.data_parallel:
+      replicated = NamedSharding(self.mesh, PartitionSpec())
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(*_shape_and_dtype(x), sharding=replicated), tree)
+    return run_shapes(tree, list(self.mesh.devices.flat))
 
   def map(self, fn: Callable) -> Callable:
     """`fn` on one run's arguments -> the same over the run axis, laid out by this placement."""

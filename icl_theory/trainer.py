@@ -176,6 +176,68 @@ def _chunk_ends(start: int, settings: LoopSettings) -> list[int]:
   return sorted(m for m in marks if m > start)
 
 
+def _chunk_lengths(start: int, settings: LoopSettings) -> set[int]:
+  """The distinct chunk lengths of a run from `start`: one compiled program each."""
+  ends = _chunk_ends(start, settings)
+  return {end - begin for begin, end in zip([start, *ends[:-1]], ends)}
+
+
+def _placement(objective: Objective, devices: Sequence[jax.Device] | None, data_parallel: bool) -> sharding.Placement:
+  placement = (sharding.over_data if data_parallel else sharding.over_runs)(devices)
+  if data_parallel and objective.batch_size % placement.num_devices:
+    raise ConfigError(f"batch_size={objective.batch_size} is not allowed: data-parallel training splits it over "
+                      f"{placement.num_devices} devices, so a multiple of {placement.num_devices}")
+  return placement
+
+
+@dataclasses.dataclass
+class GroupPrograms:
+  """`fit_group`'s compiled programs for one group's shapes and devices; `compile_group` makes them.
+
+  Compiling touches no device, so a sweep compiles its next group on another
+  thread while the current one trains (`icl_theory.grid`).
+  """
+  objective: Objective
+  optimizer: optax.GradientTransformation
+  placement: sharding.Placement
+  init: Any                # jax.stages.Compiled: init keys -> states
+  shapes: tuple[Any, Any, Any]  # (states, rngs, tasks) as ShapeDtypeStructs, shardings included
+  chunks: dict[int, Any] = dataclasses.field(default_factory=dict)  # chunk length -> Compiled
+  compile_seconds: float = 0.0
+
+  def chunk(self, num_steps: int) -> Any:
+    """The compiled `train_chunk` of `num_steps` steps: (states, rngs, tasks) -> (states, losses)."""
+    if num_steps not in self.chunks:
+      t0 = time.perf_counter()
+      chunk = functools.partial(train_chunk, objective=self.objective, optimizer=self.optimizer, num_steps=num_steps)
+      with self.placement.tracing():
+        lowered = jax.jit(self.placement.map(chunk), donate_argnums=0).lower(*self.shapes)
+      self.chunks[num_steps] = lowered.compile()
+      self.compile_seconds += time.perf_counter() - t0
+    return self.chunks[num_steps]
+
+
+def compile_group(objective: Objective, optimizer: optax.GradientTransformation, settings: LoopSettings,
+                  num_runs: int, tasks: Any, devices: Sequence[jax.Device] | None = None,
+                  data_parallel: bool = False) -> GroupPrograms:
+  """Compiles `fit_group`'s programs for `num_runs` runs of `tasks`' shapes, without running anything.
+
+  `tasks` (arrays or ShapeDtypeStructs with a leading run axis) gives only shapes.
+  The training chunks compiled are those of a run from step 0; a resumed run
+  compiles its other lengths when it needs them.
+  """
+  t0 = time.perf_counter()
+  placement = _placement(objective, devices, data_parallel)
+  key_shapes = placement.shapes(jax.ShapeDtypeStruct((num_runs, 2), jnp.uint32))
+  task_shapes = placement.shapes(tasks)
+  init = jax.jit(placement.map(lambda k: init_state(objective, optimizer, k))).lower(key_shapes).compile()
+  programs = GroupPrograms(objective, optimizer, placement, init, (init.out_info, key_shapes, task_shapes),
+                           compile_seconds=time.perf_counter() - t0)
+  for length in _chunk_lengths(0, settings):
+    programs.chunk(length)
+  return programs
+
+
 def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointManager:
   _quiet_orbax()
   # Each process saves its own runs alone: under jax.distributed orbax would otherwise wait
@@ -227,12 +289,15 @@ def _host_runs(tree: Any, num_runs: int) -> Any:
 def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
               settings: LoopSettings, seeds: Sequence[int], tasks: Any, workdir: str | None = None,
               reference_loss: float | None = None, stop_on_divergence: bool = False,
-              devices: Sequence[jax.Device] | None = None, data_parallel: bool = False) -> FitResult:
+              devices: Sequence[jax.Device] | None = None, data_parallel: bool = False,
+              programs: GroupPrograms | None = None) -> FitResult:
   """Trains len(seeds) runs as one vmapped program on `devices` (default: this process's).
 
   The runs are split over the devices, or with `data_parallel` every step's
   batch is (`icl_theory.sharding`; the objective's sampler marks its batch with
   `sharding.shard_batch`, and `objective.batch_size` must divide evenly).
+  `programs`: from `compile_group` with the same objective, settings, runs,
+  devices and placement; compiled here when not given.
 
   `tasks` is a pytree whose leaves have a leading axis of len(seeds). Resumes from
   the latest checkpoint in `workdir`. A run whose loss turns non-finite or above
@@ -241,13 +306,12 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   before the diverged state could be checkpointed.
   """
   num_runs = len(seeds)
-  placement = (sharding.over_data if data_parallel else sharding.over_runs)(devices)
-  if data_parallel and objective.batch_size % placement.num_devices:
-    raise ConfigError(f"batch_size={objective.batch_size} is not allowed: data-parallel training splits it over "
-                      f"{placement.num_devices} devices, so a multiple of {placement.num_devices}")
+  if programs is None:
+    programs = compile_group(objective, optimizer, settings, num_runs, tasks, devices, data_parallel)
+  placement = programs.placement
   keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in seeds])
   init_keys, rngs, tasks = placement.place((keys[:, 0], keys[:, 1], tasks))
-  states = jax.jit(placement.map(lambda k: init_state(objective, optimizer, k)))(init_keys)
+  states = programs.init(init_keys)
   # Set from the first chunk's step-1 losses (and checkpointed): no program of its own to compile.
   loss_limit = np.full(num_runs, np.nan, np.float32)
   diverged_at = np.zeros(num_runs, np.int64)
@@ -268,24 +332,10 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
     logging.info("Resumed from the checkpoint at step %d in %s", resumed_from, workdir)
 
-  compiled: dict[int, Any] = {}
-  compile_seconds = 0.0
-
-  def program(num_steps: int):
-    nonlocal compile_seconds
-    if num_steps not in compiled:
-      t0 = time.perf_counter()
-      chunk = functools.partial(train_chunk, objective=objective, optimizer=optimizer, num_steps=num_steps)
-      with placement.tracing():
-        lowered = jax.jit(placement.map(chunk), donate_argnums=0).lower(states, rngs, tasks)
-      compiled[num_steps] = lowered.compile()
-      compile_seconds += time.perf_counter() - t0
-    return compiled[num_steps]
-
   start = resumed_from
   ends = _chunk_ends(start, settings)
-  for length in {end - begin for begin, end in zip([start, *ends[:-1]], ends)}:
-    program(length)  # compile every chunk length up front: the timing below is training only
+  for length in _chunk_lengths(start, settings):
+    programs.chunk(length)  # compile every chunk length up front: the timing below is training only
 
   pending = None  # (first step, losses) of the chunk whose losses are not read yet
   t_start = time.perf_counter()
@@ -327,7 +377,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
 
   chunk_start = start
   for end in ends:
-    states, losses = program(end - chunk_start)(states, rngs, tasks)
+    states, losses = programs.chunk(end - chunk_start)(states, rngs, tasks)
     if pending is not None:
       drain(*pending)
     pending = (chunk_start, losses)
@@ -344,7 +394,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   if manager is not None:
     manager.close()
   states = jax.tree.map(lambda x: x[:num_runs], states)
-  return FitResult(state=states, history=history, compile_seconds=compile_seconds, train_seconds=train_seconds,
+  return FitResult(state=states, history=history, compile_seconds=programs.compile_seconds, train_seconds=train_seconds,
                    steps_this_process=settings.steps - start, resumed_from=resumed_from, diverged_at=diverged_at)
 
 

@@ -1,11 +1,13 @@
 """compare() and baseline_risks() on parameters whose answer is known."""
 
+import concurrent.futures
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_theory import analysis, theory
+from icl_theory import analysis, sharding, theory
 from icl_theory.tasks import RegressionTask
 
 
@@ -74,3 +76,38 @@ def test_compare_for_a_deep_lsa_leaves_gamma_fields_empty():
   out = analysis.compare(params, RegressionTask(d=3, n=5), jax.random.PRNGKey(0), num_samples=1000)
   assert out["gamma_rel_error"] is None and out["learned_risk"] is None
   assert np.isfinite(out["model_risk_mc"])
+
+
+def test_evaluate_group_on_programs_compiled_ahead_on_another_thread():
+  # Two runs on one task and one on another: the reference program sees the two distinct tasks.
+  tasks = [TASK, TASK, RegressionTask(d=3, n=12, cov_x="identity", noise_std=0.4)]
+  stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *tasks)
+  gamma_star = theory.optimal_gamma(TASK)
+  params = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                        *[_params_for(gamma_star * scale) for scale in (1.0, 0.8, 0.5)])
+  keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (0, 1, 2)])
+  shapes = jax.eval_shape(lambda p: p, params)
+  with concurrent.futures.ThreadPoolExecutor(1) as thread:
+    programs = thread.submit(analysis.compile_evaluation, shapes, stacked, 4096, 4096).result()
+  assert len(programs.distinct.cov_x) == 2 and programs.index.tolist() == [0, 0, 1]
+  ahead = analysis.evaluate_group(params, stacked, keys, 4096, 4096, programs=programs)
+  here = analysis.evaluate_group(params, stacked, keys, 4096, 4096)
+  assert ahead == here
+  # Each run's row is compare() and baseline_risks() of that run alone (same keys, same numbers).
+  for r, (scale, task) in enumerate(zip((1.0, 0.8, 0.5), tasks)):
+    alone = analysis.compare(_params_for(gamma_star * scale), task, keys[r], 4096,
+                             gamma_star=ahead[r]["optimal_gamma"])
+    for key in ("gamma_rel_error", "model_risk_mc", "prediction_gap_mse", "learned_risk"):
+      assert ahead[r][key] == pytest.approx(alone[key], rel=1e-5), (r, key)
+  assert ahead[0]["ridge_risk"] == ahead[1]["ridge_risk"] != ahead[2]["ridge_risk"]
+
+
+def test_one_run_at_a_time_is_the_vmap():
+  runs = sharding.run_sharding(jax.local_devices()[:1])
+  fn = lambda key, scale: theory.prediction_risk_mc(
+      key, TASK, 2048, jax.tree_util.Partial(lambda s, p: s * p.x_query[:, 0], scale)).value
+  keys, scales = jnp.stack([jax.random.PRNGKey(i) for i in range(3)]), jnp.array([0.0, 0.5, 1.0])
+  looped = jax.jit(sharding.per_run(fn, runs, one_at_a_time=True))(keys, scales)
+  vmapped = jax.jit(sharding.per_run(fn, runs))(keys, scales)
+  np.testing.assert_allclose(looped, vmapped, rtol=1e-6)
+  assert len(set(np.asarray(looped).tolist())) == 3

@@ -1,5 +1,7 @@
 """The generic training loop: chunking, checkpoint resume, divergence guard."""
 
+import concurrent.futures
+import dataclasses
 import os
 import shutil
 
@@ -118,3 +120,25 @@ def test_a_diverged_run_is_marked_and_the_others_go_on():
   np.testing.assert_array_equal(result.diverged_at, [0, 14, 26])
   np.testing.assert_array_equal(result.state.params["t"][0], 31.0)
   assert np.isnan(result.history[-1]["loss"][1]) and result.history[-1]["loss"][0] == np.mean(np.arange(21, 31))
+
+
+def test_programs_compiled_ahead_on_another_thread_train_the_same_runs(tmp_path):
+  objective, optimizer, schedule, _ = _setup(steps=60)
+  settings = trainer.LoopSettings(steps=60, log_every=20, checkpoint_every=30)
+  tasks = [lsa_regression.RegressionTask(d=2, n=4, cov_x=cov) for cov in ("identity", "geometric:5@1")]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *tasks)
+  with concurrent.futures.ThreadPoolExecutor(1) as thread:
+    programs = thread.submit(trainer.compile_group, objective, optimizer, settings, 2, stacked).result()
+  assert sorted(programs.chunks) == [10, 20]  # chunks end at 20, 30, 40, 60
+  ahead = trainer.fit_group(objective, optimizer, schedule, settings, [0, 1], stacked, programs=programs)
+  here = trainer.fit_group(objective, optimizer, schedule, settings, [0, 1], stacked)
+  chex.assert_trees_all_equal(ahead.state, here.state)
+  assert [row["loss"] for row in ahead.history] == [row["loss"] for row in here.history]
+  # A run resumed from step 25 needs a chunk of 5 steps, compiled when first needed.
+  workdir = str(tmp_path / "group")
+  trainer.fit_group(objective, optimizer, schedule, dataclasses.replace(settings, steps=25), [0, 1], stacked,
+                    workdir=workdir)
+  resumed = trainer.fit_group(objective, optimizer, schedule, settings, [0, 1], stacked, workdir=workdir,
+                              programs=programs)
+  assert resumed.resumed_from == 25 and sorted(programs.chunks) == [5, 10, 20]
+  chex.assert_trees_all_equal(resumed.state, here.state)
