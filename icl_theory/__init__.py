@@ -6,7 +6,16 @@
     compare(result.params, task)               # learned against analytic
 """
 
-from icl_theory import baselines, theory
+import jax
+
+# Float32 matrix products at full float32 precision on every backend. GPUs would otherwise
+# take TF32 (a 10-bit mantissa) for float32 dots: on an H100, closed forms and their
+# implementations then disagreed by 1e-4 to 1e-2 where the tests hold them to 1e-5. These
+# problems are small, so the precision costs little. Override after import if wanted:
+# jax.config.update("jax_default_matmul_precision", ...).
+jax.config.update("jax_default_matmul_precision", "float32")
+
+from icl_theory import baselines, theory  # noqa: E402
 from icl_theory.analysis import baseline_risks, compare
 from icl_theory.experiments import train
 from icl_theory.models.lsa import LSA, effective_gamma, vanishing_parts

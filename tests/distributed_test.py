@@ -19,7 +19,10 @@ from icl_theory.validation import ConfigError
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from grid_test import GRID_FLAGS, REPO, _csv  # noqa: E402  (the sweep tests' 8-run grid)
 
-FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+# The children run on CPU devices (also where a GPU is installed): multi-device and multi-process
+# mechanics on forced host devices and gloo collectives.
+CPU = {**os.environ, "JAX_PLATFORMS": "cpu"}
+FOUR_DEVICES = {**CPU, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
 
 def _data_parallel_child() -> None:
@@ -135,12 +138,13 @@ def _free_port() -> int:
 
 def test_two_processes_write_the_single_process_table(tmp_path):
   alone = subprocess.run([sys.executable, "-m", "icl_theory.sweep", *GRID_FLAGS, f"--workdir={tmp_path / 'one'}"],
-                         cwd=REPO, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True, env=CPU)
   assert alone.returncode == 0, alone.stderr[-3000:]
   workdir, address = tmp_path / "two", f"127.0.0.1:{_free_port()}"
   procs = [subprocess.Popen([sys.executable, "-m", "icl_theory.sweep", *GRID_FLAGS, f"--workdir={workdir}",
                              f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CPU)
+           for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -193,7 +197,7 @@ def _connect_child() -> None:
 
 def test_srun_is_detected_without_flags():
   # What srun would set for a 2-task step on this host; the port as JAX_COORDINATOR_PORT.
-  env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
+  env = {**CPU, "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
          "JAX_COORDINATOR_PORT": str(_free_port())}
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "connect"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -112,8 +112,10 @@ def test_sweep_table_figures_and_rows_match_single_runs(tmp_path):
 
 
 def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  one = subprocess.run(_sweep_command(tmp_path / "one"), cwd=REPO, capture_output=True, text=True)
+  # CPU devices (also where a GPU is installed): one, or four forced host devices.
+  cpu = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env = {**cpu, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  one = subprocess.run(_sweep_command(tmp_path / "one"), cwd=REPO, capture_output=True, text=True, env=cpu)
   assert one.returncode == 0, one.stderr
   four = subprocess.run(_sweep_command(tmp_path / "four"), cwd=REPO, capture_output=True, text=True, env=env)
   assert four.returncode == 0, four.stderr
@@ -122,7 +124,8 @@ def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
 
   # Killed (SIGKILL) in the middle of the second group, after one of its checkpoints; then resumed.
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_sweep_command(killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(_sweep_command(killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=cpu)
   mark = killed / "groups" / "n16-linear" / "checkpoints" / "200"
   deadline = time.time() + 240
   while not mark.exists() and proc.poll() is None and time.time() < deadline:
@@ -131,7 +134,7 @@ def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (killed / "results.csv").exists()
-  resumed = subprocess.run(_sweep_command(killed), cwd=REPO, capture_output=True, text=True)
+  resumed = subprocess.run(_sweep_command(killed), cwd=REPO, capture_output=True, text=True, env=cpu)
   assert resumed.returncode == 0, resumed.stderr
   assert "Resumed from the checkpoint at step" in resumed.stderr
   assert _csv(killed / "results.csv") == _csv(tmp_path / "one" / "results.csv")
