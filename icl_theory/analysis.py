@@ -192,7 +192,10 @@ def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.
 _CPU_EVALUATION_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def _compile_evaluation_program(lowered: jax.stages.Lowered, devices: Sequence[jax.Device]) -> jax.stages.Compiled:
+def _compile_per_run(fn: Any, arg_shapes: tuple, devices: tuple[jax.Device, ...]) -> jax.stages.Compiled:
+  """`fn` (one run's arguments -> outputs) over the runs of `arg_shapes`, compiled for `devices`, one run at a time."""
+  lowered = jax.jit(sharding.per_run(fn, sharding.run_sharding(devices), one_at_a_time=True)).lower(
+      *sharding.run_shapes(arg_shapes, devices))
   if devices[0].platform != "cpu":
     return lowered.compile()
   try:
@@ -232,17 +235,12 @@ def compile_evaluation(param_shapes: Any, tasks: RegressionTask, num_samples: in
   tasks = jax.device_get(tasks)
   num_runs = jax.tree.leaves(tasks)[0].shape[0]
   distinct, index = _distinct(tasks, num_runs)
-  runs = sharding.run_sharding(devices)
-  per_task = lambda t: _task_reference(t, num_samples, gamma_mc_samples)
-  reference = _compile_evaluation_program(jax.jit(sharding.per_run(per_task, runs, one_at_a_time=True)).lower(
-      sharding.run_shapes(distinct, devices)), devices)
+  reference = _compile_per_run(lambda t: _task_reference(t, num_samples, gamma_mc_samples), (distinct,), devices)
   gamma_shapes = jax.ShapeDtypeStruct((num_runs, tasks.d, tasks.d), jnp.float32)
   if key_shapes is None:
     key_shapes = jax.ShapeDtypeStruct((num_runs, 2), jnp.uint32)
-  run_shapes = sharding.run_shapes((param_shapes, tasks, gamma_shapes, key_shapes), devices)
-  per_run = lambda p, t, g, k: _compare_arrays(p, t, g, k, num_samples)
-  compare = _compile_evaluation_program(
-      jax.jit(sharding.per_run(per_run, runs, one_at_a_time=True)).lower(*run_shapes), devices)
+  compare = _compile_per_run(lambda p, t, g, k: _compare_arrays(p, t, g, k, num_samples),
+                             (param_shapes, tasks, gamma_shapes, key_shapes), devices)
   return EvaluationPrograms(tasks, distinct, index, devices, reference, compare)
 
 

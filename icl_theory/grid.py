@@ -100,10 +100,13 @@ class _Group:
   """One group's runs and what training and evaluating them needs; `compile` starts its programs' compilation."""
   runs: list[GridRun]
   base: ml_collections.ConfigDict
-  tasks: Any = None  # the runs' RegressionTasks, stacked
-  objective: trainer.Objective | None = None
-  training: concurrent.futures.Future | None = None    # of a trainer.GroupPrograms
-  evaluation: concurrent.futures.Future | None = None  # of an analysis.EvaluationPrograms
+  tasks: Any = dataclasses.field(init=False)  # the runs' RegressionTasks, stacked
+  objective: trainer.Objective = dataclasses.field(init=False)
+  optimizer: Any = dataclasses.field(init=False)
+  lr_schedule: Any = dataclasses.field(init=False)
+  settings: trainer.LoopSettings = dataclasses.field(init=False)
+  training: concurrent.futures.Future | None = None    # of a trainer.GroupPrograms (`compile`)
+  evaluation: concurrent.futures.Future | None = None  # of an analysis.EvaluationPrograms (`compile`)
 
   def __post_init__(self):
     tasks = [lsa_regression.build_task(run.config(self.base)) for run in self.runs]

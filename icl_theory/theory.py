@@ -159,7 +159,7 @@ def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_va
   denom = jnp.where(seen, s_K**2 + noise_var, 1.0)
   mean_v = vt_KxD.T @ (jnp.where(seen, s_K / denom, 0.0) * (u_NxK.T @ y_N))
   shrink_K = jnp.where(seen, s_K**2 / denom, 0.0)  # the fraction of prior variance removed
-  cov_v = jnp.eye(x_NxD.shape[1]) - (vt_KxD.T * shrink_K) @ vt_KxD
+  cov_v = jnp.eye(d) - (vt_KxD.T * shrink_K) @ vt_KxD
   return chol @ mean_v, chol @ cov_v @ chol.T
 
 
