@@ -13,8 +13,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from icl_theory import experiments, trainer
-from icl_theory.validation import ConfigError
+from icl_theory import experiments
+from icl_theory.engine import trainer
+from icl_theory.engine.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "lsa.py")
 

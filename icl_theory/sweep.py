@@ -1,12 +1,13 @@
-r"""Command line: a grid of LSA runs, resumable, into one results.csv and figures.
+r"""Command line: a grid of runs of any experiment, resumable, into one results.csv and figures.
 
     python -m icl_theory.sweep --config=icl_theory/configs/sweep.py --workdir=DIR [--config.FIELD=...]
+    python -m icl_theory.sweep --config=icl_theory/configs/classify_sweep.py --workdir=DIR [--config.FIELD=...]
     icl-sweep ...   (the same, as a console script)
 
-The work is `icl_theory.grid.sweep`; rerunning with the same --workdir skips the
+The work is `icl_theory.run_sweep` (icl_theory.engine.sweep); rerunning with the same --workdir skips the
 finished groups and resumes an unfinished one from its checkpoint.
 
-On several processes (icl_theory.distributed; README "Running on a cluster"), start
+On several processes (icl_theory.engine.distributed; README "Running on a cluster"), start
 the same command in each, with the same --workdir on a shared file system:
 
     python -m icl_theory.sweep ... --coordinator_address=HOST:PORT --num_processes=P --process_id=I
@@ -18,12 +19,12 @@ import os
 import sys
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from icl_theory import distributed, experiments, grid, sharding
-from icl_theory.validation import ConfigError
+from icl_theory import experiments
+from icl_theory.engine import distributed, sharding, sweep, workdir as workdirs
+from icl_theory.engine.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "sweep.py")
 
@@ -42,13 +43,14 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   sharding.use_cpu_cores()  # one CPU device per core: the runs of a group are split over them
   try:
-    grid.validate_sweep_config(_CONFIG.value)  # bad fields fail here, before any process connects
+    experiment = experiments.of(_CONFIG.value)
+    sweep.validate_sweep_config(experiment, _CONFIG.value)  # bad fields fail here, before any process connects
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
     if jax.process_count() > 1 and not _WORKDIR.value:
       raise ConfigError("workdir=None is not allowed with several processes: give every process the same "
                         "--workdir on a file system they share")
-    workdir = _WORKDIR.value or experiments.default_workdir("sweep")
-    rows = grid.sweep(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
+    workdir = _WORKDIR.value or workdirs.default_workdir("sweep")
+    rows = sweep.sweep(experiment, _CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
@@ -57,10 +59,8 @@ def main(argv) -> None:
     print(f"process {jax.process_index()}: {len(finished)}/{len(rows)} of its runs finished; process 0 writes "
           f"results.csv and figures in {workdir}")
     return
-  print(f"{len(finished)}/{len(rows)} runs finished; results.csv and figures in {workdir}")
-  errors = np.array([r["gamma_rel_error"] for r in finished if r["gamma_rel_error"] is not None])
-  if errors.size:
-    print(f"gamma_rel_error: median {np.median(errors):.4f}, max {errors.max():.4f}")
+  print(experiment.format_sweep(rows))
+  print(f"results.csv and figures in {workdir}")
 
 
 def run() -> None:

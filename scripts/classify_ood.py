@@ -50,10 +50,11 @@ import numpy as np
 from absl import app, flags, logging
 
 import icl_theory
-from icl_theory import files, plotting
+from icl_theory.engine import files
+from icl_theory.classification import plots
 from icl_theory.configs import classify
-from icl_theory.experiments import classification
-from icl_theory.tasks.classification import prompt_tokens, sample_prompts
+from icl_theory.classification import experiment as classification
+from icl_theory.classification.task import prompt_tokens, sample_prompts
 
 _OUT = flags.DEFINE_string("out", os.path.join("results", "classify"), "Folder for the ood/ result folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Keep the runs here (resumable); default: a temporary folder.")
@@ -277,8 +278,8 @@ def main(argv) -> None:
       "settings": settings, "verdicts": found,
       "runs": [{k: v for k, v in record.items() if k not in ("rows", "config", "evaluation")} for record in records],
       "wall_seconds_this_process": time.perf_counter() - t_start})  # a resumed run: only what it redid
-  plotting.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"), [r for r in rows if r["table"] == "ood_by_s1"])
-  plotting.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
+  plots.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"), [r for r in rows if r["table"] == "ood_by_s1"])
+  plots.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
   for v in found:
     logging.info("%-9s alpha'=%.1f: max error over S1 >= 1: %.4f; min error below: %.4f (majority vote %.3f)",
                  v["model"], v["alpha_test"], v["max_error_s1_at_least_1"], v["min_error_s1_below_1"],

@@ -45,11 +45,13 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import icl_theory
-from icl_theory import files, mechanism, plotting, sharding
+from icl_theory.engine import files, sharding
+from icl_theory.classification import mechanism
+from icl_theory.classification import plots
 from icl_theory.configs import classify
-from icl_theory.experiments import classification
-from icl_theory.tasks.classification import majority_vote, num_same, sample_prompts
-from icl_theory.validation import ConfigError
+from icl_theory.classification import experiment as classification
+from icl_theory.classification.task import majority_vote, num_same, sample_prompts
+from icl_theory.engine.validation import ConfigError
 
 CLAIMS = ("prompt_length", "mechanism", "pruning", "classical")
 _CLAIM = flags.DEFINE_list("claim", list(CLAIMS), f"Which claims: a subset of {','.join(CLAIMS)}.")
@@ -197,7 +199,7 @@ def write_prompt_length(table: dict[str, Any], target: str) -> None:
   files.write_json(os.path.join(target, "length_needed.json"),
                    {"domain": DOMAIN, "samples_per_count": COUNT_SAMPLES, "needed": table["needed"],
                     "fits": table["fits"]})
-  plotting.plot_prompt_length_claim(table["rows"], table["needed"], table["fits"], target)
+  plots.plot_prompt_length_claim(table["rows"], table["needed"], table["fits"], target)
 
 
 # --- mechanism ----------------------------------------------------------------------------------------------------
@@ -235,7 +237,7 @@ def mechanism_claim(model: Model) -> dict[str, Any]:
 def write_mechanism(table: dict[str, Any], target: str) -> None:
   files.write_csv(os.path.join(target, "mechanism.csv"), table["rows"], significant=6)
   files.write_csv(os.path.join(target, "neurons_final.csv"), table["neurons"], significant=6)
-  plotting.plot_mechanism_claim(table["rows"], table["neurons"], table["alpha"], LARGEST, target)
+  plots.plot_mechanism_claim(table["rows"], table["neurons"], table["alpha"], LARGEST, target)
 
 
 # --- pruning ------------------------------------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def write_pruning(table: dict[str, Any], target: str) -> None:
   files.write_json(os.path.join(target, "row_magnitudes.json"),
                    {key: table[key] for key in ("w_o_row_norms", "neuron_magnitudes", "signs",
                                                 "spearman_w_o_vs_w_o_w_v")})
-  plotting.plot_pruning_claim(table["rows"], table["w_o_row_norms"], table["signs"], target)
+  plots.plot_pruning_claim(table["rows"], table["w_o_row_norms"], table["signs"], target)
 
 
 # --- classical classifiers ----------------------------------------------------------------------------------------
@@ -308,7 +310,7 @@ def classical_claim(model: Model) -> dict[str, Any]:
 
 def write_classical(table: dict[str, Any], target: str) -> None:
   files.write_csv(os.path.join(target, "classical.csv"), table["rows"], significant=6)
-  plotting.plot_classical_claim(table["rows"], target)
+  plots.plot_classical_claim(table["rows"], target)
 
 
 _CLAIM_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {

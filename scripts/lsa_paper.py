@@ -38,10 +38,12 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import icl_theory
-from icl_theory import baselines, files, plotting, sharding
+from icl_theory.regression import baselines
+from icl_theory.engine import files, sharding
+from icl_theory.regression import plots
 from icl_theory.configs import sweep
-from icl_theory.models import lsa
-from icl_theory.tasks.regression import Prompts, sample_prompts
+from icl_theory.regression import lsa
+from icl_theory.regression.task import Prompts, sample_prompts
 
 CLAIMS = ("isotropic", "preconditioned", "nonlinear", "depth")
 _CLAIM = flags.DEFINE_list("claim", list(CLAIMS), f"Which claims: a subset of {','.join(CLAIMS)}.")
@@ -295,7 +297,7 @@ def run_depth(workdir: str, out: str) -> None:
   os.makedirs(target, exist_ok=True)
   files.write_csv(os.path.join(target, "depth.csv"), table, significant=7)
   files.write_csv(os.path.join(target, "multi_step_gd.csv"), gd_table, significant=7)
-  plotting.plot_depth_claim(table, gd_table, target)
+  plots.plot_depth_claim(table, gd_table, target)
   logging.info("depth: %d runs written to %s", len(rows), target)
 
 
@@ -310,16 +312,16 @@ def run_claim(name: str, workdir: str, out: str) -> None:
   shutil.copyfile(os.path.join(workdir, name, "results.csv"), os.path.join(target, "sweep_results.csv"))
   if name == "isotropic":
     table = isotropic_table(rows)
-    plotting.plot_isotropic_claim(table, target)
+    plots.plot_isotropic_claim(table, target)
   elif name == "preconditioned":
     table = preconditioned_table(rows)
-    plotting.plot_preconditioned_claim(table, target)
+    plots.plot_preconditioned_claim(table, target)
   else:
     sparse_rows = icl_theory.sweep(nonlinear_sparse_grid(), os.path.join(workdir, "nonlinear_sparse"))
     shutil.copyfile(os.path.join(workdir, "nonlinear_sparse", "results.csv"),
                     os.path.join(target, "sweep_results_sparse.csv"))
     table = nonlinear_table(rows + [{**row, "parameterisation": "sparse"} for row in sparse_rows])
-    plotting.plot_nonlinear_claim(table, target)
+    plots.plot_nonlinear_claim(table, target)
   files.write_csv(os.path.join(target, f"{name}.csv"), table, significant=7)
   logging.info("%s: %d runs written to %s", name, len(rows), target)
 

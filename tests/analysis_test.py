@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_theory import analysis, sharding, theory
-from icl_theory.tasks import RegressionTask
+from icl_theory.regression import evaluation as analysis, theory
+from icl_theory.engine import sharding
+from icl_theory.regression.task import RegressionTask
 
 
 def _params_for(gamma, p_x_scale=0.0, q21_scale=0.0, p_y=2.0):

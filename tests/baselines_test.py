@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory import baselines
-from icl_theory import theory
-from icl_theory.tasks.regression import Prompts, RegressionTask, sample_prompts
-from icl_theory.validation import ConfigError
+from icl_theory.regression import baselines
+from icl_theory.regression import theory
+from icl_theory.regression.task import Prompts, RegressionTask, sample_prompts
+from icl_theory.engine.validation import ConfigError
 
 _Z = 4.0
 _EPS32 = float(np.finfo(np.float32).eps)

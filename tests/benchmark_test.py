@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_theory import benchmark
-from icl_theory.models import lsa
-from icl_theory.tasks.regression import Prompts
+from icl_theory.regression import benchmark
+from icl_theory.regression import lsa
+from icl_theory.regression.task import Prompts
 
 
 def test_reference_loss_is_the_lsa_on_its_prompts():

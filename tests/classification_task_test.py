@@ -1,4 +1,4 @@
-"""Tests for ClassificationTask and its prompt sampler (icl_theory/tasks/classification.py)."""
+"""Tests for ClassificationTask and its prompt sampler (icl_theory/classification/task.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_theory.tasks import classification
-from icl_theory.tasks.classification import (ClassificationTask, num_same, prompt_tokens, sample_prompts,
+from icl_theory.classification import task as classification
+from icl_theory.classification.task import (ClassificationTask, num_same, prompt_tokens, sample_prompts,
                                              sample_prompts_by_count)
-from icl_theory.validation import ConfigError
+from icl_theory.engine.validation import ConfigError
 
 _Z = 4.0  # every Monte Carlo check holds within this many standard errors
 # One batch size and prompt length for the statistical checks, and the count of same-pattern

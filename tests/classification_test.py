@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import icl_theory
-from icl_theory import experiments, files
+from icl_theory import experiments
+from icl_theory.engine import files
 from icl_theory.configs import classify
-from icl_theory.experiments import classification
+from icl_theory.classification import experiment as classification
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STEPS = 300

@@ -1,4 +1,4 @@
-"""Tests for the covariance spec parser (icl_theory/tasks/covariance.py)."""
+"""Tests for the covariance spec parser (icl_theory/regression/covariance.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from icl_theory.tasks import covariance
-from icl_theory.tasks.regression import RegressionTask
-from icl_theory.validation import ConfigError
+from icl_theory.regression import covariance
+from icl_theory.regression.task import RegressionTask
+from icl_theory.engine.validation import ConfigError
 
 _EPS64 = np.finfo(np.float64).eps
 _EPS32 = np.finfo(np.float32).eps

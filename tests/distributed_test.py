@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from icl_theory import distributed
-from icl_theory.validation import ConfigError
+from icl_theory.engine import distributed
+from icl_theory.engine.validation import ConfigError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from grid_test import GRID_FLAGS, REPO, _csv  # noqa: E402  (the sweep tests' 8-run grid)
@@ -28,10 +28,11 @@ FOUR_DEVICES = {**CPU, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 def _data_parallel_child() -> None:
   """Trains the same runs on 1 device and data-parallel on 4; prints their loss curves and parameters."""
   import jax
-  from icl_theory import sharding, trainer
+  from icl_theory.engine import sharding, trainer
   from icl_theory.configs import classify, lsa
-  from icl_theory.experiments import classification, lsa_regression
-  from icl_theory.tasks import statistics
+  from icl_theory.classification import experiment as classification
+  from icl_theory.regression import experiment as lsa_regression
+  from icl_theory.regression import statistics
 
   assert jax.local_device_count() == 4
   out = {}
@@ -116,9 +117,9 @@ def test_a_group_checkpointed_on_one_device_resumes_on_four(data_parallel_runs):
 
 def test_batch_not_divisible_by_devices_is_refused():
   import jax
-  from icl_theory import trainer
+  from icl_theory.engine import trainer
   from icl_theory.configs import lsa
-  from icl_theory.experiments import lsa_regression
+  from icl_theory.regression import experiment as lsa_regression
   config = lsa.get_config()
   config.update(batch_size=1023, steps=2, warmup_steps=1)
   task = lsa_regression.build_task(config)

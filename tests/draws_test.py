@@ -1,4 +1,4 @@
-"""The samplers' random words and floats (icl_theory/tasks/draws.py)."""
+"""The samplers' random words and floats (icl_theory/engine/draws.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from icl_theory.tasks import draws
+from icl_theory.engine import draws
 
 
 def test_words_are_threefry_2x32_in_counter_mode():

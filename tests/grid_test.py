@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import icl_theory
-from icl_theory import grid
+from icl_theory.engine import sweep as grid
 from icl_theory.configs import sweep as sweep_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The fused one-layer training loss (icl_theory/models/lsa_fused.py) against the einsum path.
+"""The fused one-layer training loss (icl_theory/regression/lsa_fused.py) against the einsum path.
 
 Both are computed on the same draws, so they must agree to float32 rounding, the
 value and the gradient (which lsa_fused writes out by hand).
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from icl_theory.configs import lsa as lsa_config
-from icl_theory.experiments import lsa_regression
-from icl_theory.models import lsa_fused
-from icl_theory.tasks import statistics
-from icl_theory.tasks.regression import RegressionTask
+from icl_theory.regression import experiment as lsa_regression
+from icl_theory.regression import lsa_fused
+from icl_theory.regression import statistics
+from icl_theory.regression.task import RegressionTask
 
 TASKS = {
     "isotropic_bartlett": dict(d=5, n=20),

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import icl_theory
-from icl_theory import baselines, theory
+from icl_theory.regression import baselines, theory
 from icl_theory.configs import lsa as lsa_config
-from icl_theory.experiments import lsa_regression
+from icl_theory.regression import experiment as lsa_regression
 
 
 def _config(**fields):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from icl_theory.models import lsa
-from icl_theory.tasks import RegressionTask, sample_prompts
+from icl_theory.regression import lsa
+from icl_theory.regression.task import RegressionTask, sample_prompts
 
 
 def _random_params(key, d: int, num_layers: int, scale: float = 0.5):

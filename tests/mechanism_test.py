@@ -18,11 +18,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
-from icl_theory import mechanism, trainer
+from icl_theory.classification import mechanism
+from icl_theory.engine import trainer
 from icl_theory.configs import classify
-from icl_theory.experiments import classification
-from icl_theory.tasks.classification import ClassificationPrompts, ClassificationTask, sample_prompts_by_count
-from icl_theory.validation import ConfigError
+from icl_theory.classification import experiment as classification
+from icl_theory.classification.task import ClassificationPrompts, ClassificationTask, sample_prompts_by_count
+from icl_theory.engine.validation import ConfigError
 
 _M = 8  # neurons of the hand-built models
 

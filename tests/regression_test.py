@@ -1,4 +1,4 @@
-"""Tests for RegressionTask and its prompt sampler (icl_theory/tasks/regression.py)."""
+"""Tests for RegressionTask and its prompt sampler (icl_theory/regression/task.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory.tasks import regression
-from icl_theory.tasks.regression import RESPONSES, RegressionTask, sample_prompts
-from icl_theory.validation import ConfigError
+from icl_theory.regression import task as regression
+from icl_theory.regression.task import RESPONSES, RegressionTask, sample_prompts
+from icl_theory.engine.validation import ConfigError
 
 _Z = 4.0  # every Monte Carlo check holds within this many standard errors
 # The statistics run the sampler eagerly: op-by-op dispatch is cached across tasks, while a

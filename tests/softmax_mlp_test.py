@@ -1,4 +1,4 @@
-"""Tests for the softmax attention + ReLU MLP network (icl_theory/models/softmax_mlp.py)."""
+"""Tests for the softmax attention + ReLU MLP network (icl_theory/classification/softmax_mlp.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory.models.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
+from icl_theory.classification.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
 
 _B, _L, _D, _M = 5, 7, 6, 8
 

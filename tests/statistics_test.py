@@ -1,4 +1,4 @@
-"""The Wishart sampler of the context's statistic (icl_theory/tasks/statistics.py).
+"""The Wishart sampler of the context's statistic (icl_theory/regression/statistics.py).
 
 Every check is statistical: a Monte Carlo moment against its closed form, or
 against the explicit token sampler, within a few standard errors.
@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_theory import theory
+from icl_theory.regression import theory
 from icl_theory.configs import lsa as lsa_config
-from icl_theory.experiments import lsa_regression
-from icl_theory.tasks import statistics
-from icl_theory.tasks.regression import RegressionTask, sample_prompts
+from icl_theory.regression import experiment as lsa_regression
+from icl_theory.regression import statistics
+from icl_theory.regression.task import RegressionTask, sample_prompts
 
 # Many entries are tested at once; 5 standard errors keeps a false alarm near 1e-3 per test.
 _Z = 5.0

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory import baselines
-from icl_theory import theory
-from icl_theory.tasks.regression import RegressionTask, sample_prompts
+from icl_theory.regression import baselines
+from icl_theory.regression import theory
+from icl_theory.regression.task import RegressionTask, sample_prompts
 
 _Z = 4.0        # a single Monte Carlo check holds within this many standard errors
 _Z_MAX = 4.5    # the largest |z| over d^2 entries (allows for the multiplicity)

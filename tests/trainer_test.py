@@ -11,16 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_theory import files, trainer
+from icl_theory.engine import files, trainer
 from icl_theory.configs import lsa as lsa_config
-from icl_theory.experiments import lsa_regression
+from icl_theory.regression import experiment as lsa_regression
 
 
 def _setup(steps=40, learning_rate=0.01, **fields):
   config = lsa_config.get_config()
   config.update(d=2, n=4, batch_size=64, steps=steps, warmup_steps=5, learning_rate=learning_rate, **fields)
   task = lsa_regression.validate_config(config)
-  optimizer, schedule = lsa_regression.make_optimizer(config)
+  optimizer, schedule = trainer.optimizer_from_config(config)
   return lsa_regression.make_objective(task, config), optimizer, schedule, task
 
 

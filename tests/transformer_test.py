@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import icl_theory
-from icl_theory.models.transformer import Transformer, attention_mask
+from icl_theory.classification.transformer import Transformer, attention_mask
 
 _B, _L, _D = 3, 7, 12
 _SMALL = dict(num_layers=2, num_heads=2, width=16, mlp_ratio=2)

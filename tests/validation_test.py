@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icl_theory import validation
+from icl_theory.engine import validation
 from icl_theory.configs import lsa as lsa_config
-from icl_theory.experiments import lsa_regression
+from icl_theory.regression import experiment as lsa_regression
 
 BASE = lsa_config.get_config().to_dict()
 

@@ -39,8 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.alpha = 0.5             # fraction of contexts sharing the query's pattern, (0, 1], rounded half up
   config.prompt_len = 20         # contexts per prompt
 
-  # The model: softmax_mlp (icl_theory.models.softmax_mlp.SoftmaxMLP, the theory's one layer) | gpt (the
-  # GPT-2-style icl_theory.models.transformer.Transformer; train it with optimizer=adam, learning_rate=1e-3).
+  # The model: softmax_mlp (icl_theory.classification.softmax_mlp.SoftmaxMLP, the theory's one layer) | gpt (the
+  # GPT-2-style icl_theory.classification.transformer.Transformer; train it with optimizer=adam, learning_rate=1e-3).
   config.model = "softmax_mlp"
   # softmax_mlp only:
   config.m = 64                  # MLP neurons (even: a_i = +1/m for half, -1/m for the rest, fixed)

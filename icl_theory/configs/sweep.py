@@ -18,7 +18,7 @@ from icl_theory.configs import lsa
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.experiment = "lsa_sweep"
+  config.experiment = "lsa_sweep"  # a label: the experiment is base.experiment
 
   # The run every grid point starts from (icl_theory/configs/lsa.py); its d, steps,
   # batch size, optimizer, ... hold for every run. Grid fields below override it.
@@ -36,5 +36,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.cov_w_values = ("identity",)   # task covariances ('inverse' = cov_x^-1)
   config.noise_std_values = (0.5,)      # response noise levels (> 0 keeps ridge and OLS off zero risk)
   config.response_values = ("linear",)  # responses
+  config.num_layers_values = (1,)       # LSA depths (each depth is its own group of runs)
   config.num_seeds = 3                  # seeds base.seed, base.seed + 1, ...
   return config

@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icl_theory.validation import check_int, fail
+from icl_theory.engine.validation import check_int, fail
 
 _INIT_STD = 0.02
 

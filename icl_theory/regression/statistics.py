@@ -12,7 +12,7 @@ with chi(n), chi(n-1), ... on the diagonal and standard normals below, `O(d^2)`
 random numbers whatever `n` is; for the smallest `n`, where that costs more, the
 `n` Gaussian columns themselves. Both are exact. `factor` assembles the dense F
 for the general readout; the one-layer training loss
-(`icl_theory.models.lsa_fused`) reads the entries as they are.
+(`icl_theory.regression.lsa_fused`) reads the entries as they are.
 
 Arrays here put the batch axis last (`F_DxKxB`): on CPU, XLA vectorises the
 per-prompt arithmetic over a contiguous batch axis.
@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory import sharding
-from icl_theory.tasks import draws
-from icl_theory.tasks.regression import RegressionTask
+from icl_theory.engine import sharding
+from icl_theory.engine import draws
+from icl_theory.regression.task import RegressionTask
 
 # A chi^2(k) with k <= _SUM_MAX_DOF is a sum of exponentials (rejection-free, ceil(k/2) random
 # words); a larger k is one Marsaglia-Tsang proposal (a normal, a uniform, a log and a cube,

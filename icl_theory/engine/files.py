@@ -12,7 +12,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from icl_theory.validation import ConfigError
 
 
 def to_builtin(value: Any) -> Any:
@@ -27,12 +26,26 @@ def to_builtin(value: Any) -> Any:
   return value
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+# Results are for the group to read, as a plain `open` would make them (a temporary file is 0600).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` to a temporary file beside `path`, fsyncs it, and renames it over `path`."""
+  """Writes `data` to a temporary file beside `path`, fsyncs it, and renames it over `path`.
+
+  The file gets the mode a plain `open` would give it (0644 under the usual umask).
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
+    os.fchmod(fd, _FILE_MODE)
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -89,23 +102,3 @@ def remove(directory: str, names: Iterable[str]) -> None:
       shutil.rmtree(target)
     elif os.path.exists(target):
       os.remove(target)
-
-
-def claim_workdir(workdir: str, wanted: dict, outputs: Sequence[str], free_fields: Sequence[str],
-                  overwrite: bool) -> None:
-  """Records the config `wanted` in workdir/config.json, refusing a workdir that holds another.
-
-  Fields in `free_fields` (bookkeeping, evaluation-only) may differ. With
-  `overwrite` the earlier `outputs` are removed first. Raises ConfigError.
-  """
-  path = os.path.join(workdir, "config.json")
-  if overwrite:
-    remove(workdir, outputs)
-  if os.path.exists(path):
-    held = read_json(path)
-    differ = sorted(k for k in set(wanted) | set(held)
-                    if k not in free_fields and to_builtin(wanted.get(k)) != held.get(k))
-    if differ:
-      raise ConfigError(f"workdir={workdir!r} holds a run of a different config (fields {', '.join(differ)} "
-                        "differ): use a new --workdir or pass --overwrite")
-  write_json(path, wanted)

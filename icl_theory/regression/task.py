@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory import sharding
-from icl_theory.tasks import draws
-from icl_theory.tasks.covariance import CovSpec, resolve_covariance
-from icl_theory.validation import check_choice, check_float, check_int
+from icl_theory.engine import sharding
+from icl_theory.engine import draws
+from icl_theory.regression.covariance import CovSpec, resolve_covariance
+from icl_theory.engine.validation import check_choice, check_float, check_int
 
 _PHI: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda z: z,
@@ -50,7 +50,7 @@ class RegressionTask:
   """The distribution of prompts; validated on construction, before any tracing.
 
   `cov_x`, `cov_w`: None (identity), a d x d array, or a spec string
-  (see `icl_theory.tasks.covariance`); `cov_w` may also be 'inverse' (cov_x^-1).
+  (see `icl_theory.regression.covariance`); `cov_w` may also be 'inverse' (cov_x^-1).
   After construction both are float32 arrays.
   """
   d: int
@@ -110,7 +110,7 @@ def _responses(key: jax.Array, task: RegressionTask, chol_w_DxD: jax.Array, x_Bx
 def sample_prompts(key: jax.Array, task: RegressionTask, batch: int) -> Prompts:
   """`batch` independent prompts (each with its own f). Jit with `static_argnums=2`.
 
-  Each kind of draw is one call for the whole batch (`icl_theory.tasks.draws`):
+  Each kind of draw is one call for the whole batch (`icl_theory.engine.draws`):
   per-prompt keys cost a Threefry block per prompt, and make the program slower
   to compile and to run.
   """

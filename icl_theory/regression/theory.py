@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_theory.tasks.regression import Prompts, RegressionTask, sample_prompts
+from icl_theory.regression.task import Prompts, RegressionTask, sample_prompts
 
 _CHUNK = 8192  # prompts per Monte Carlo chunk: bounds memory, whatever num_samples is
 

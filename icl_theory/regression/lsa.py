@@ -118,7 +118,7 @@ def query_readout(params: Mapping[str, Any], factor_DxKxB: jax.Array, n: int) ->
   The query token (x_query, 0) never enters S (it is masked from keys and
   values), so after every layer it is still a linear function of x_query and the
   prediction is v^T x_query: the token path's output for the same context. Batch
-  axis last (see `icl_theory.tasks.statistics`). One layer costs O(D K) per prompt:
+  axis last (see `icl_theory.regression.statistics`). One layer costs O(D K) per prompt:
   v = A^T S p with A = W_KQ[:, :d], p the last row of W_PV, and S p = F (F^T p) / n.
   Deeper layers carry S and the query's map along, O(D^3) each.
   """

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory import baselines, sharding, theory
-from icl_theory.models import lsa
-from icl_theory.tasks.regression import Prompts, RegressionTask
+from icl_theory.regression import baselines, theory
+from icl_theory.engine import sharding
+from icl_theory.regression import lsa
+from icl_theory.regression.task import Prompts, RegressionTask
 
 DEFAULT_EVAL_SAMPLES = 100_000
 DEFAULT_GAMMA_MC_SAMPLES = 1_000_000

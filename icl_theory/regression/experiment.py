@@ -1,37 +1,29 @@
-"""LSA on in-context regression: config -> task -> model -> trainer -> compare -> workdir.
+"""LSA on in-context regression, as an engine experiment: config -> task -> objective -> evaluation.
 
-`run(config, workdir)` trains the layer and writes, in `workdir`:
-  summary.json    config, Gamma_eff beside Gamma*, everything `analysis.compare`
+`EXPERIMENT` (an `engine.experiment.Experiment`) is what the engine trains,
+sweeps and evaluates; `icl_theory.train(config)` with `config.experiment =
+'lsa_regression'` runs it. A single run writes, beside the engine's files:
+  summary.json    config, Gamma_eff beside Gamma*, everything `evaluation.compare`
                   returns, the baselines' risks, steps, timings
-  metrics.jsonl   one row per logging point (step, loss, learning rate, speed)
   lsa.png         Gamma_eff beside Gamma*, and the loss curve against R*
-  checkpoints/    orbax checkpoints; rerunning with the same workdir resumes
-  config.json     the config, to refuse a different one in the same workdir
 """
 
 from __future__ import annotations
-
-import os
-import time
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
-from icl_theory import analysis, files, plotting, theory, trainer
-from icl_theory.models import lsa, lsa_fused
-from icl_theory.tasks import statistics
-from icl_theory.tasks.regression import RegressionTask, sample_prompts
-from icl_theory.tasks.statistics import sample_statistics
-from icl_theory.validation import ConfigError, check_bool, check_choice, check_float, check_int
+from icl_theory.engine import experiment, group, trainer
+from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
+from icl_theory.regression import evaluation, lsa, lsa_fused, plots, statistics, theory
+from icl_theory.regression.statistics import sample_statistics
+from icl_theory.regression.task import RegressionTask, sample_prompts
 
 # Fields that change only bookkeeping, not the numbers a run produces.
-BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints")
+BOOKKEEPING_FIELDS = experiment.Experiment.bookkeeping_fields
 SAMPLERS = ("auto", "tokens", "wishart")
-_OUTPUTS = ("summary.json", "metrics.jsonl", "lsa.png", "config.json", "checkpoints")
 
 
 def build_task(config: ml_collections.ConfigDict) -> RegressionTask:
@@ -56,11 +48,6 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
                       "it needs jointly Gaussian data (response='linear'); use 'auto' or 'tokens'")
   check_int("gamma_mc_samples", config.gamma_mc_samples, 2)
   return task
-
-
-def make_optimizer(config: ml_collections.ConfigDict):
-  """The config's optimizer and learning-rate schedule."""
-  return trainer.optimizer_from_config(config)
 
 
 def uses_wishart(task: RegressionTask, sampler: str) -> bool:
@@ -129,47 +116,8 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
 
 
 def eval_key(seed: int) -> jax.Array:
-  """The key of a run's evaluation: a function of its seed alone, so a sweep's row equals the single run."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_003)
-
-
-class RunResult(NamedTuple):
-  """What `icl_theory.train` returns: the summary.json dict, and what a notebook needs next."""
-  summary: dict[str, Any]
-  params: Any            # the trained LSA's parameters (for compare, effective_gamma, ...)
-  task: RegressionTask
-  history: list[dict]    # the metrics.jsonl rows
-  workdir: str
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> RunResult:
-  """Trains, compares with the theory, writes the workdir."""
-  t_start = time.perf_counter()
-  task = validate_config(config)
-  files.claim_workdir(workdir, config.to_dict(), _OUTPUTS, BOOKKEEPING_FIELDS, overwrite)
-  optimizer, lr_schedule = make_optimizer(config)
-  settings = trainer.LoopSettings.from_config(config)
-  reference = float(jax.jit(theory.optimal_risk)(task)) if task.is_gaussian else None  # one compile, not ten
-  logging.info("Training a %d-layer LSA on %s (d=%d, n=%d) into %s", config.num_layers, config.response,
-               task.d, task.n, workdir)
-  result = trainer.fit(make_objective(task, config), optimizer, lr_schedule, settings, config.seed, task,
-                       workdir, reference_loss=reference, data_parallel=config.get("data_parallel", True))
-  params = result.state.params
-  stack = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
-  evaluation, = analysis.evaluate_group(stack(params), stack(task), eval_key(config.seed)[None], config.eval_samples,
-                                        config.gamma_mc_samples, devices=jax.local_devices()[:1])
-  summary: dict[str, Any] = {
-      "config": config.to_dict(),
-      "cov_x": task.cov_x, "cov_w": task.cov_w,
-      **evaluation,
-      "sampler": "wishart" if uses_wishart(task, config.sampler) else "tokens",
-      **result.run_figures(config.batch_size),
-      "status": "finished",
-  }
-  summary["wall_seconds"] = time.perf_counter() - t_start
-  files.write_json(os.path.join(workdir, "summary.json"), summary)
-  plotting.plot_lsa_run(summary, result.history, os.path.join(workdir, "lsa.png"))
-  return RunResult(files.to_builtin(summary), params, task, result.history, workdir)
+  """The key of a run's evaluation (the engine's `eval_key`): a function of its seed alone."""
+  return group.eval_key(seed)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -204,3 +152,78 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{num(summary['prompts_per_second'], '.3g')} prompts/s, "
             f"{summary['wall_seconds']:.1f} s wall ({summary['compile_seconds']:.1f} s compiling)"]
   return "\n".join(lines)
+
+
+METRICS = ("gamma_rel_error", "gamma_cosine", "learned_risk", "model_risk_mc", "model_risk_mc_stderr",
+           "optimal_risk", "excess_risk", "prediction_gap_mse", "p_x_norm", "q21_norm",
+           "one_step_gd_lr", "one_step_gd_risk", "preconditioned_gd_risk", "ridge_risk", "ridge_risk_stderr",
+           "ols_risk", "ols_risk_stderr", "final_train_loss", "steps", "status")
+
+
+class LSARegression(experiment.Experiment):
+  """One or more LSA layers on in-context linear (or nonlinear) regression, held to the closed forms."""
+
+  name = "lsa_regression"
+  run_figure = "lsa.png"
+  evaluation_fields = ("eval_samples", "gamma_mc_samples")
+  training_axes = {"n_values": "n", "cov_x_values": "cov_x", "cov_w_values": "cov_w",
+                   "noise_std_values": "noise_std", "response_values": "response", "num_layers_values": "num_layers"}
+  # Covariances and noise enter the task's arrays only: runs differing in them share a program.
+  array_fields = ("cov_x", "cov_w", "noise_std")
+  metrics = METRICS
+
+  def validate(self, config):
+    return validate_config(config)
+
+  def build_task(self, config):
+    return build_task(config)
+
+  def describe(self, config, task):
+    return f"a {config.num_layers}-layer LSA on {config.response} responses (d={task.d}, n={task.n})"
+
+  def cost(self, config):
+    """The columns its sampler draws per prompt, times the layers."""
+    columns = min(config.n, config.d + 1) if uses_wishart(build_task(config), config.sampler) else config.n + 1
+    return float(columns * config.num_layers)
+
+  def objective(self, task, config, num_runs):
+    # The fused loss pays for one run; vmapped over a sweep's runs it compiled slower than it ran faster.
+    return make_objective(task, config, fused=num_runs == 1)
+
+  def reference_loss(self, task):
+    return float(jax.jit(theory.optimal_risk)(task)) if task.is_gaussian else None
+
+  def compile_evaluation(self, param_shapes, tasks, configs, devices):
+    return evaluation.compile_evaluation(param_shapes, tasks, configs[0].eval_samples, configs[0].gamma_mc_samples,
+                                         devices=devices)
+
+  def evaluate(self, params, tasks, configs, keys, compiled=None):
+    return evaluation.evaluate_group(params, tasks, keys, configs[0].eval_samples, configs[0].gamma_mc_samples,
+                                     devices=jax.local_devices()[:1], programs=compiled)
+
+  def summary_header(self, task, config):
+    return {"cov_x": task.cov_x, "cov_w": task.cov_w,
+            "sampler": "wishart" if uses_wishart(task, config.sampler) else "tokens"}
+
+  def format_summary(self, summary):
+    return format_summary(summary)
+
+  def format_sweep(self, rows):
+    finished = [r for r in rows if r["status"] == "finished"]
+    lines = [f"{len(finished)}/{len(rows)} runs finished"]
+    errors = np.array([r["gamma_rel_error"] for r in finished if r["gamma_rel_error"] is not None])
+    if errors.size:
+      lines.append(f"gamma_rel_error: median {np.median(errors):.4f}, max {errors.max():.4f}")
+    return "\n".join(lines)
+
+  def plot_run(self, summary, history, path):
+    plots.plot_lsa_run(summary, history, path)
+
+  def plot_sweep(self, rows, directory):
+    plots.plot_sweep(rows, directory)
+
+  def group_name(self, config, varying):
+    return f"n{config.n}-{config.response}" + ("" if config.num_layers == 1 else f"-L{config.num_layers}")
+
+
+EXPERIMENT = LSARegression()

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from icl_theory import theory
-from icl_theory.tasks.regression import Prompts, RegressionTask
-from icl_theory.validation import ConfigError, check_int
+from icl_theory.regression import theory
+from icl_theory.regression.task import Prompts, RegressionTask
+from icl_theory.engine.validation import ConfigError, check_int
 
 
 def preconditioned_gd(prompts: Prompts, gamma: jax.Array) -> jax.Array:

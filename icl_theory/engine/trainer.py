@@ -29,8 +29,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from icl_theory import files, sharding
-from icl_theory.validation import ConfigError, check_bool, check_choice, check_float, check_int
+from icl_theory.engine import files, sharding
+from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
 
 Params = Any
 
@@ -79,7 +79,7 @@ class LoopSettings:
 @dataclasses.dataclass
 class FitResult:
   state: TrainState        # for fit_group, every leaf has a leading run axis
-  history: list[dict]      # one row per logging point; for fit_group "loss" is a list over runs
+  history: list[dict]      # one row per logging point; "loss" is a list over the runs of a group of several
   compile_seconds: float
   train_seconds: float     # compiled steps only, this process
   steps_this_process: int
@@ -89,7 +89,7 @@ class FitResult:
   def run_figures(self, batch_size: int) -> dict[str, Any]:
     """summary.json's training figures of a single run (`fit`): final loss, steps, resume point, timings, speed."""
     return {"final_train_loss": self.history[-1]["loss"] if self.history else None,
-            "steps": int(self.state.step),
+            "steps": int(np.max(self.state.step)),  # every run of a group is at the same step
             "resumed_from_step": self.resumed_from,
             "compile_seconds": self.compile_seconds,
             "train_seconds": self.train_seconds,
@@ -195,7 +195,7 @@ class GroupPrograms:
   """`fit_group`'s compiled programs for one group's shapes and devices; `compile_group` makes them.
 
   Compiling touches no device, so a sweep compiles its next group on another
-  thread while the current one trains (`icl_theory.grid`).
+  thread while the current one trains (`icl_theory.engine.sweep`).
   """
   objective: Objective
   optimizer: optax.GradientTransformation
@@ -294,7 +294,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   """Trains len(seeds) runs as one vmapped program on `devices` (default: this process's).
 
   The runs are split over the devices, or with `data_parallel` every step's
-  batch is (`icl_theory.sharding`; the objective's sampler marks its batch with
+  batch is (`icl_theory.engine.sharding`; the objective's sampler marks its batch with
   `sharding.shard_batch`, and `objective.batch_size` must divide evenly).
   `programs`: from `compile_group` with the same objective, settings, runs,
   devices and placement; compiled here when not given.
@@ -362,7 +362,8 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
     last_log_time, last_log_step = now, step
     run_losses = np.where(diverged_at == 0, losses.mean(axis=1), np.nan)
-    row = {"step": step, "loss": run_losses.tolist(), "learning_rate": float(lr_schedule(step - 1)),
+    # One run's loss is a number, a group's a list over its runs.
+    row = {"step": step, "loss": run_losses.tolist() if num_runs > 1 else float(run_losses[0]), "learning_rate": float(lr_schedule(step - 1)),
            "steps_per_second": steps_per_s, "elapsed_seconds": now - t_start}
     history.append(row)
     if metrics_path:
@@ -415,5 +416,4 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
                      stop_on_divergence=True, devices=None if data_parallel else jax.local_devices()[:1],
                      data_parallel=data_parallel)
   result.state = jax.tree.map(lambda x: x[0], result.state)
-  result.history = [{**row, "loss": row["loss"][0]} for row in result.history]
   return result

@@ -10,7 +10,7 @@ launcher. On CPU the processes talk over gloo.
 The processes share nothing but the sweep's folder (a shared file system on a
 cluster): `assign` hands each whole groups of runs, each process writes its
 groups' files atomically, and process 0 assembles the table
-(`icl_theory.grid.sweep`). `barrier` is the one collective, used only while
+(`icl_theory.engine.sweep.sweep`). `barrier` is the one collective, used only while
 they agree on the plan, never around training, so no process holds a
 collective open while another trains for hours.
 """
@@ -24,7 +24,7 @@ from typing import Sequence
 import jax
 from absl import logging
 
-from icl_theory.validation import ConfigError, check_int, fail
+from icl_theory.engine.validation import ConfigError, check_int, fail
 
 # Processes that finish their runs early wait this long at exit for the others
 # (jax.distributed's shutdown barrier; its default of 5 minutes is shorter than a sweep).

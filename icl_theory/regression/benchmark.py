@@ -41,10 +41,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from icl_theory import files, grid, trainer
+from icl_theory.engine import files, sweep as grid, trainer
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.configs import sweep as sweep_config
-from icl_theory.experiments import lsa_regression
+from icl_theory.regression import experiment as lsa_regression
 
 FIGURES = ("throughput", "cost", "theorem", "sweep")
 GOALS = {"throughput_ratio_vs_reference": (">=", 10.0), "cost_ratio_n1000_vs_n10": ("<=", 1.5),
@@ -118,7 +118,7 @@ def trainer_step_seconds(config: ml_collections.ConfigDict, fused: bool = True) 
   device for an LSA run: `experiments.use_cpu_cores`).
   """
   task = lsa_regression.validate_config(config)
-  optimizer, schedule = lsa_regression.make_optimizer(config)
+  optimizer, schedule = trainer.optimizer_from_config(config)
   settings = trainer.LoopSettings(steps=config.steps, log_every=config.steps // 2, checkpoint_every=0)
   result = trainer.fit(lsa_regression.make_objective(task, config, fused), optimizer, schedule, settings, config.seed, task)
   return result.train_seconds / result.steps_this_process

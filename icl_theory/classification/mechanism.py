@@ -37,10 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory.models.softmax_mlp import SoftmaxMLP, neuron_weights, num_neurons, output_signs
-from icl_theory.tasks.classification import (ClassificationPrompts, ClassificationTask, check_alpha, outcome_sums,
+from icl_theory.classification.softmax_mlp import SoftmaxMLP, neuron_weights, num_neurons, output_signs
+from icl_theory.classification.task import (ClassificationPrompts, ClassificationTask, check_alpha, outcome_sums,
                                              prediction_errors, prompt_tokens, sample_prompts_by_count)
-from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
+from icl_theory.engine.validation import ConfigError, check_choice, check_float, check_int, fail
 
 PRUNING_STRATEGIES = ("smallest", "random", "largest")
 CLASSIFIERS = ("logistic_regression", "svm_rbf", "svm_linear", "1nn", "3nn")

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory import sharding
-from icl_theory.validation import ConfigError, check_choice, check_float, check_int, fail
+from icl_theory.engine import sharding
+from icl_theory.engine.validation import ConfigError, check_choice, check_float, check_int, fail
 
 DOMAINS = ("train", "unseen", "ood")
 # The patterns' key is a fixed offspring of the seed's root key, apart from the

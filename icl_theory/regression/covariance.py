@@ -21,7 +21,7 @@ from typing import Union
 
 import numpy as np
 
-from icl_theory.validation import ConfigError, fail
+from icl_theory.engine.validation import ConfigError, fail
 
 CovSpec = Union[None, str, np.ndarray]
 

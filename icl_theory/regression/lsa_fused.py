@@ -1,10 +1,10 @@
 """One LSA layer's integrated training loss on Wishart statistics, as one loop over the batch.
 
-With the Wishart sampler the training loss of `icl_theory.experiments.lsa_regression`
+With the Wishart sampler the training loss of `icl_theory.regression.experiment`
 is, per prompt, (v - w)^T cov_x (v - w) + sigma^2 with
 
     v = A^T S p = A^T F F^T p / n,   A = W_KQ[:, :d],   p = W_PV's last row,
-    F = T^T C G   (`icl_theory.tasks.statistics`).
+    F = T^T C G   (`icl_theory.regression.statistics`).
 
 Written with einsums over (D, K, B) arrays (`lsa.query_readout`), XLA on CPU runs
 this as dozens of small kernels: contractions over leading axes, dots of tiny
@@ -32,8 +32,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from icl_theory.tasks import statistics
-from icl_theory.tasks.regression import RegressionTask
+from icl_theory.regression import statistics
+from icl_theory.regression.task import RegressionTask
 
 MAX_D = 12
 

@@ -1,0 +1,127 @@
+"""A group: runs of one experiment that share compiled programs, trained and evaluated together.
+
+The one code path of the engine. A single run is a group of one (`engine.run`);
+a sweep is a sequence of groups (`engine.sweep`). Both call `Group.fit` and
+`Group.evaluate`, so a sweep's row and the same run's summary.json come from the
+same functions on the same keys.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from icl_theory.engine import precision, trainer
+from icl_theory.engine.experiment import Experiment
+
+_EVAL_STREAM = 1_000_003
+
+
+def eval_key(seed: int) -> jax.Array:
+  """The key of a run's evaluation: a function of its seed alone, never of its group."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), _EVAL_STREAM)
+
+
+def with_fields(config: ml_collections.ConfigDict, values: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with `values` set (an unlocked copy: the caller's config is untouched)."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.update(values)
+  return copy
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """Pytrees of the same structure, stacked along a new leading run axis (host arrays)."""
+  return jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
+
+
+@dataclasses.dataclass
+class Group:
+  """R runs (`configs`) of `experiment` that differ only in array values and seeds.
+
+  `data_parallel`: each step's batch is split over the devices (one run); else
+  the runs are (a sweep). `devices`: this process's by default.
+  """
+  experiment: Experiment
+  configs: list[ml_collections.ConfigDict]
+  data_parallel: bool = False
+  devices: Sequence[jax.Device] | None = None
+  tasks: Any = dataclasses.field(init=False)  # the runs' tasks, stacked along a run axis
+  objective: trainer.Objective = dataclasses.field(init=False)
+  optimizer: optax.GradientTransformation = dataclasses.field(init=False)
+  lr_schedule: optax.Schedule = dataclasses.field(init=False)
+  settings: trainer.LoopSettings = dataclasses.field(init=False)
+  training: concurrent.futures.Future | None = dataclasses.field(default=None, init=False)
+  evaluation: concurrent.futures.Future | None = dataclasses.field(default=None, init=False)
+
+  def __post_init__(self):
+    tasks = [self.experiment.build_task(config) for config in self.configs]
+    self.tasks = stack(tasks)
+    first = self.configs[0]
+    self.objective = self.experiment.objective(tasks[0], first, len(self.configs))
+    self.optimizer, self.lr_schedule = trainer.optimizer_from_config(first)
+    self.settings = trainer.LoopSettings.from_config(first)
+
+  @property
+  def seeds(self) -> list[int]:
+    return [int(config.seed) for config in self.configs]
+
+  @property
+  def eval_devices(self) -> list[jax.Device]:
+    # Evaluation runs on one device: on forced host devices, linear algebra inside a Monte Carlo
+    # scan (SVD, eigh) deadlocks the JAX CPU runtime when several devices run it at once.
+    return (list(self.devices) if self.devices else jax.local_devices())[:1]
+
+  def _compile_training(self) -> trainer.GroupPrograms:
+    return precision.scoped(trainer.compile_group)(self.objective, self.optimizer, self.settings, len(self.configs),
+                                                   self.tasks, self.devices, self.data_parallel)
+
+  def _compile_evaluation(self, configs: Sequence[ml_collections.ConfigDict]) -> Any:
+    param_shapes = jax.eval_shape(jax.vmap(self.objective.init),
+                                  jax.ShapeDtypeStruct((len(self.configs), 2), np.uint32))
+    return precision.scoped(self.experiment.compile_evaluation)(param_shapes, self.tasks, configs, self.eval_devices)
+
+  def compile(self, executor: concurrent.futures.Executor, training_here: bool = False,
+              eval_configs: Sequence[ml_collections.ConfigDict] | None = None) -> None:
+    """Compiles the training and evaluation programs on `executor`'s thread (compiling runs nothing).
+
+    `training_here`: the training programs compile on this thread instead, while the
+    executor starts on the evaluation (the first group's: nothing else could run yet).
+    `eval_configs`: the configs of the first evaluation point (default: the runs' own).
+    """
+    if not training_here:
+      self.training = executor.submit(self._compile_training)
+    self.evaluation = executor.submit(self._compile_evaluation, list(eval_configs or self.configs))
+    if training_here:
+      self.training = concurrent.futures.Future()
+      self.training.set_result(self._compile_training())
+
+  def fit(self, workdir: str | None, stop_on_divergence: bool = False) -> trainer.FitResult:
+    """Trains the runs (resuming from `workdir`'s checkpoint); leaves have a leading run axis."""
+    reference = self.experiment.reference_loss(self.experiment.build_task(self.configs[0])) \
+        if len(self.configs) == 1 else None
+    programs = self.training.result() if self.training is not None else self._compile_training()
+    return trainer.fit_group(self.objective, self.optimizer, self.lr_schedule, self.settings, self.seeds,
+                             self.tasks, workdir, reference_loss=reference, stop_on_divergence=stop_on_divergence,
+                             devices=self.devices, data_parallel=self.data_parallel, programs=programs)
+
+  def evaluate(self, params: Any, eval_points: Sequence[dict[str, Any]] = ({},)) -> list[list[dict[str, Any]]]:
+    """The experiment's metrics of every run at every evaluation point: [point][run] -> dict.
+
+    Each point's values are set on the runs' configs (evaluation-only fields). The
+    first point reuses the programs `compile` started; the others compile their own.
+    """
+    keys = np.stack([np.asarray(eval_key(seed)) for seed in self.seeds])
+    out = []
+    for i, point in enumerate(eval_points):
+      configs = [with_fields(config, point) if point else config for config in self.configs]
+      compiled = self.evaluation.result() if (i == 0 and self.evaluation is not None) else None
+      evaluate = precision.scoped(functools.partial(self.experiment.evaluate, compiled=compiled))
+      out.append(evaluate(params, self.tasks, configs, keys))
+    return out
