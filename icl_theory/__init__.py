@@ -14,7 +14,7 @@ workdirs) and one package per experiment that plugs into it
 from icl_theory.classification.softmax_mlp import SoftmaxMLP
 from icl_theory.classification.task import ClassificationPrompts, ClassificationTask
 from icl_theory.engine.validation import ConfigError
-from icl_theory.experiments import LoadedRun, RunResult, load_run, run_sweep, train
+from icl_theory.experiments import LoadedRun, RunResult, load_run, load_snapshots, run_sweep, train
 from icl_theory.regression import baselines, theory
 from icl_theory.regression.evaluation import baseline_risks, compare
 from icl_theory.regression.lsa import LSA, effective_gamma, vanishing_parts
@@ -22,4 +22,4 @@ from icl_theory.regression.task import Prompts, RegressionTask, sample_prompts
 
 __all__ = ["LSA", "ClassificationPrompts", "ClassificationTask", "ConfigError", "Prompts", "RegressionTask",
            "SoftmaxMLP", "baseline_risks", "baselines", "compare", "effective_gamma", "sample_prompts",
-           "theory", "train", "vanishing_parts", "load_run", "run_sweep", "LoadedRun", "RunResult"]
+           "theory", "train", "vanishing_parts", "load_run", "load_snapshots", "run_sweep", "LoadedRun", "RunResult"]

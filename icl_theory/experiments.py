@@ -74,6 +74,11 @@ def load_run(workdir: str, run: int | dict[str, Any] | None = None) -> runs.Load
   return runs.load_run(workdir, get, run)
 
 
+def load_snapshots(workdir: str, run: int | dict[str, Any] | None = None) -> list[tuple[int, Any]]:
+  """(step, params) of a finished run at initialisation and at each kept checkpoint (`run` as in `load_run`)."""
+  return runs.load_snapshots(workdir, get, run)
+
+
 def use_cpu_cores(config: ml_collections.ConfigDict) -> None:
   """Before JAX starts: one CPU device per core for a single run, where its experiment gains from it."""
   if of(config).cpu_data_parallel:

@@ -41,7 +41,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import icl_theory
@@ -101,7 +100,7 @@ class Model:
     self._result = None
 
   @property
-  def result(self) -> classification.RunResult:
+  def result(self) -> icl_theory.RunResult:
     if self._result is None:
       self._result = icl_theory.train(self.config, self.workdir)
       logging.info("base model: unseen-task error %.4f, attention on the query's pattern %.3f",
@@ -110,16 +109,8 @@ class Model:
 
   def snapshots(self) -> list[tuple[int, Any]]:
     """(step, params) at initialisation and at every checkpoint of the run."""
-    config, task = self.config, self.result.task
-    objective = classification.make_objective(task, config)
-    # trainer.fit_group's initial parameters: init from the first half of split(PRNGKey(seed)).
-    out = [(0, objective.init(jax.random.split(jax.random.PRNGKey(config.seed))[0]))]
-    manager = ocp.CheckpointManager(os.path.abspath(os.path.join(self.workdir, "checkpoints")))
-    for step in sorted(manager.all_steps()):
-      state = manager.restore(step, args=ocp.args.StandardRestore())["state"]
-      out.append((int(step), jax.tree.map(lambda x: np.asarray(x)[0], state["params"])))  # drop the run axis
-    manager.close()
-    return out
+    self.result  # trained (or resumed) first
+    return icl_theory.load_snapshots(self.workdir)
 
 
 def _key(name: str) -> jax.Array:

@@ -45,7 +45,7 @@ def main(argv) -> None:
     grid = sweep.get_config()
     grid.n_values, grid.cov_x_values, grid.num_seeds = (4, 16), ("identity", "geometric:10"), 2
     grid.base.d = 3
-    icl_theory.sweep(grid, os.path.join(tmp, "sweep_small"))
+    icl_theory.run_sweep(grid, os.path.join(tmp, "sweep_small"))
     _copy(("results.csv", "figures"), os.path.join(tmp, "sweep_small"), os.path.join(_OUT.value, "sweep_small"))
 
 

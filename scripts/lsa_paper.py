@@ -21,8 +21,8 @@ depth/           beyond the paper: L = 1..4 LSA layers over n, the risk beside k
                  GD, and how much of them a polynomial in the context's covariance
                  applied to g (GD with free step sizes) explains.
 
-Each claim is one sweep (icl_theory.sweep), or a few (nonlinear: two; depth: one
-per L): with --workdir it resumes after a kill; without, it trains in a temporary
+Each claim is one sweep (icl_theory.run_sweep), or two (nonlinear: full and sparse;
+depth: one per learning rate, with a num_layers axis): with --workdir it resumes after a kill; without, it trains in a temporary
 folder and copies only the tables and figures. Each takes a few minutes on 2 CPU
 cores, depth about 11 (most of it training three and four layers).
 """
@@ -34,7 +34,6 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import icl_theory
@@ -189,30 +188,20 @@ DEPTH_TRAINING = dict(optimizer="sgd", clip_norm=1.0, steps=4000, batch_size=102
                       checkpoint_every=4000)
 
 
-def depth_learning_rate(num_layers: int) -> float:
-  return 0.01 if num_layers <= 2 else 0.005
+# The depths trained at each learning rate: one sweep (a num_layers axis) per rate.
+DEPTH_LEARNING_RATES = {0.01: (1, 2), 0.005: (3, 4)}
 
 
-def depth_grid(num_layers: int):
+def depth_grid(learning_rate: float, depths: tuple[int, ...]):
   grid = sweep.get_config()
-  # DEPTH_TRAINING below: why a smaller learning rate and more steps than one layer needs.
-  grid.base.update(d=D, num_layers=num_layers, eval_samples=20_000, learning_rate=depth_learning_rate(num_layers),
-                   **DEPTH_TRAINING)
+  # DEPTH_TRAINING above: why a smaller learning rate and more steps than one layer needs.
+  grid.base.update(d=D, eval_samples=20_000, learning_rate=learning_rate, **DEPTH_TRAINING)
+  grid.num_layers_values = depths
   grid.n_values = DEPTH_NS
   grid.cov_x_values, grid.cov_w_values = ("identity",), ("identity",)
   grid.noise_std_values = (DEPTH_NOISE,)
   grid.num_seeds = 2
   return grid
-
-
-def _final_params(group_dir: str) -> list[dict]:
-  """Each run's trained parameters, from the last checkpoint the sweep wrote for its group."""
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(group_dir, "checkpoints")))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
-  manager.close()
-  stacked = restored["state"]["params"]
-  num_runs = len(jax.tree.leaves(stacked)[0])
-  return [jax.tree.map(lambda x, r=r: jnp.asarray(x[r]), stacked) for r in range(num_runs)]
 
 
 def krylov_features(prompts: Prompts, degree: int) -> np.ndarray:
@@ -283,13 +272,11 @@ def depth_table(rows: list[dict], params: list[dict], gd_table: list[dict], key:
 
 def run_depth(workdir: str, out: str) -> None:
   rows, params = [], []
-  for num_layers in DEPTHS:
-    sweep_dir = os.path.join(workdir, "depth", f"L{num_layers}")
-    # The sweep's grid has no depth axis (base.num_layers is one value): one sweep per depth.
-    for row in icl_theory.sweep(depth_grid(num_layers), sweep_dir):
-      rows.append({"num_layers": num_layers, **row})
-    for n in DEPTH_NS:
-      params += _final_params(os.path.join(sweep_dir, "groups", f"n{n}-linear"))
+  for learning_rate, depths in DEPTH_LEARNING_RATES.items():
+    sweep_dir = os.path.join(workdir, "depth", f"lr{learning_rate:g}")
+    for index, row in enumerate(icl_theory.run_sweep(depth_grid(learning_rate, depths), sweep_dir)):
+      rows.append(row)
+      params.append(icl_theory.load_run(sweep_dir, index).params)
   key = jax.random.PRNGKey(2024)
   gd_table = depth_gd_table(jax.random.fold_in(key, 0))
   table = depth_table(rows, params, gd_table, jax.random.fold_in(key, 1))
@@ -306,7 +293,7 @@ def run_claim(name: str, workdir: str, out: str) -> None:
     run_depth(workdir, out)
     return
   grid = {"isotropic": isotropic_grid, "preconditioned": preconditioned_grid, "nonlinear": nonlinear_grid}[name]()
-  rows = icl_theory.sweep(grid, os.path.join(workdir, name))
+  rows = icl_theory.run_sweep(grid, os.path.join(workdir, name))
   target = os.path.join(out, name)
   os.makedirs(target, exist_ok=True)
   shutil.copyfile(os.path.join(workdir, name, "results.csv"), os.path.join(target, "sweep_results.csv"))
@@ -317,7 +304,7 @@ def run_claim(name: str, workdir: str, out: str) -> None:
     table = preconditioned_table(rows)
     plots.plot_preconditioned_claim(table, target)
   else:
-    sparse_rows = icl_theory.sweep(nonlinear_sparse_grid(), os.path.join(workdir, "nonlinear_sparse"))
+    sparse_rows = icl_theory.run_sweep(nonlinear_sparse_grid(), os.path.join(workdir, "nonlinear_sparse"))
     shutil.copyfile(os.path.join(workdir, "nonlinear_sparse", "results.csv"),
                     os.path.join(target, "sweep_results_sparse.csv"))
     table = nonlinear_table(rows + [{**row, "parameterisation": "sparse"} for row in sparse_rows])

@@ -2,11 +2,11 @@
 
 `jax.random` under its default partitionable Threefry spends a whole Threefry
 block on every 32-bit word, and for an array with small trailing axes (a batch
-of (n + 1, d) prompts) its program is about 4x slower to compile and to run.
+of (n + 1, d) prompts) its program is several times slower to compile and to run.
 Here the words are Threefry-2x32 (20 rounds, as `jax.random`) in counter mode,
 block i = Threefry(key, (i, 0)) giving two words, computed by XLA's
-RngBitGenerator (about 2x faster on CPU than the same blocks from
-`threefry_2x32`; the test checks the two agree). The words become floats
+RngBitGenerator (faster on CPU than the same blocks from `threefry_2x32`;
+the test checks the two agree). The words become floats
 exactly as in `jax.random.uniform` and `jax.random.normal` (23 random mantissa
 bits; the inverse error function), so the draws have the same distribution,
 from a different stream of the same key.
@@ -34,8 +34,8 @@ def _words(size: int) -> Callable[[jax.Array], jax.Array]:
 
   JAX's own rule for a batched RngBitGenerator draws every batch entry from the first
   key's state; here the keys of a vmapped batch (a sweep's runs) each draw their own
-  words, one key after another, exactly as they would unbatched. (The same words from
-  `threefry_2x32` vectorised over the keys made the default sweep 9% slower.)
+  words, one key after another, exactly as they would unbatched (cheaper than
+  `threefry_2x32` vectorised over the keys).
   """
   @jax.custom_batching.custom_vmap
   def words(key_data):

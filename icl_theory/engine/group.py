@@ -107,9 +107,10 @@ class Group:
     reference = self.experiment.reference_loss(self.experiment.build_task(self.configs[0])) \
         if len(self.configs) == 1 else None
     programs = self.training.result() if self.training is not None else self._compile_training()
-    return trainer.fit_group(self.objective, self.optimizer, self.lr_schedule, self.settings, self.seeds,
-                             self.tasks, workdir, reference_loss=reference, stop_on_divergence=stop_on_divergence,
-                             devices=self.devices, data_parallel=self.data_parallel, programs=programs)
+    fit_group = precision.scoped(trainer.fit_group)  # a resumed run may compile a chunk length here
+    return fit_group(self.objective, self.optimizer, self.lr_schedule, self.settings, self.seeds, self.tasks, workdir,
+                     reference_loss=reference, stop_on_divergence=stop_on_divergence, devices=self.devices,
+                     data_parallel=self.data_parallel, programs=programs)
 
   def evaluate(self, params: Any, eval_points: Sequence[dict[str, Any]] = ({},)) -> list[list[dict[str, Any]]]:
     """The experiment's metrics of every run at every evaluation point: [point][run] -> dict.

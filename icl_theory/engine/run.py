@@ -13,15 +13,18 @@
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
-from icl_theory.engine import files, sweep as sweeps, workdir as workdirs
+from icl_theory.engine import files, sweep as sweeps, trainer, workdir as workdirs
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.group import Group, eval_key
 from icl_theory.engine.validation import ConfigError
@@ -112,24 +115,76 @@ def load_run(workdir: str, experiments: Callable[[str], Experiment],
                    files.read_jsonl(os.path.join(workdir, "metrics.jsonl")), workdir)
 
 
-def _load_sweep_run(workdir: str, experiments: Callable[[str], Experiment],
-                    run: int | dict[str, Any] | None) -> LoadedRun:
-  sweep_config = ml_collections.ConfigDict(files.read_json(os.path.join(workdir, sweeps.SWEEP_CONFIG_FILE)))
-  experiment = experiments(sweep_config.base.get("experiment"))
-  plan = sweeps.plan(experiment, sweep_config)
+def load_snapshots(workdir: str, experiments: Callable[[str], Experiment],
+                   run: int | dict[str, Any] | None = None) -> list[tuple[int, Any]]:
+  """(step, params) of a finished run at initialisation (step 0) and at every checkpoint still kept.
+
+  For analyses over training (keep them all with `keep_checkpoints`). Reads
+  without writing; `run` as in `load_run`.
+  """
+  loaded = load_run(workdir, experiments, run)
+  config = loaded.config
+  experiment = experiments(config.get("experiment"))
+  init = experiment.objective(loaded.task, config, 1).init(trainer.run_keys(config.seed)[0])
+  snapshots = [(0, jax.device_get(init))]
+  directory, index = _checkpoint_dir(workdir, experiment, run)
+  if not os.path.isdir(directory):
+    return snapshots
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  with _ReadOnlyNotice(), ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
+    for step in sorted(manager.all_steps()):
+      state = manager.restore(step, args=ocp.args.StandardRestore())["state"]
+      snapshots.append((int(step), jax.tree.map(lambda x: np.asarray(x)[index], state["params"])))
+  return snapshots
+
+
+class _ReadOnlyNotice(pylogging.Filter):
+  """Within the block, drops orbax's warning that a manager opened read-only is read-only (it is on purpose)."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return "read only" not in record.getMessage()
+
+  def __enter__(self):
+    pylogging.getLogger("absl").addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    pylogging.getLogger("absl").removeFilter(self)
+
+
+def _checkpoint_dir(workdir: str, experiment: Experiment, run: int | dict[str, Any] | None) -> tuple[str, int]:
+  """The checkpoints folder of a single run (run axis index 0), or of a sweep run's group and its index there."""
+  if run is None:
+    return os.path.join(workdir, "checkpoints"), 0
+  plan = sweeps.plan(experiment, ml_collections.ConfigDict(
+      files.read_json(os.path.join(workdir, sweeps.SWEEP_CONFIG_FILE))))
+  chosen = _choose(plan, run)
+  key = plan.group_of[chosen]
+  return os.path.join(workdir, "groups", plan.names[key], "checkpoints"), plan.groups[key].index(chosen)
+
+
+def _choose(plan: sweeps.Plan, run: Any) -> sweeps.GridRun:
+  """The grid run that `run` (an index or a dict of coordinates) names."""
   if isinstance(run, bool) or not isinstance(run, (int, dict)):
     raise ConfigError(f"run={run!r} is not allowed: for a sweep, an index 0..{len(plan.runs) - 1} or a dict of "
                       f"coordinates ({', '.join(plan.runs[0].coordinates())})")
   if isinstance(run, int):
     if not 0 <= run < len(plan.runs):
       raise ConfigError(f"run={run} is not allowed: an index 0..{len(plan.runs) - 1}")
-    chosen = plan.runs[run]
-  else:
-    matches = [r for r in plan.runs if all(r.coordinates().get(k, object()) == v for k, v in run.items())]
-    if len(matches) != 1:
-      raise ConfigError(f"run={run!r} is not allowed: it matches {len(matches)} runs of the sweep, not one "
-                        f"(coordinates: {', '.join(plan.runs[0].coordinates())})")
-    chosen = matches[0]
+    return plan.runs[run]
+  matches = [r for r in plan.runs if all(r.coordinates().get(k, object()) == v for k, v in run.items())]
+  if len(matches) != 1:
+    raise ConfigError(f"run={run!r} is not allowed: it matches {len(matches)} runs of the sweep, not one "
+                      f"(coordinates: {', '.join(plan.runs[0].coordinates())})")
+  return matches[0]
+
+
+def _load_sweep_run(workdir: str, experiments: Callable[[str], Experiment],
+                    run: int | dict[str, Any] | None) -> LoadedRun:
+  sweep_config = ml_collections.ConfigDict(files.read_json(os.path.join(workdir, sweeps.SWEEP_CONFIG_FILE)))
+  experiment = experiments(sweep_config.base.get("experiment"))
+  plan = sweeps.plan(experiment, sweep_config)
+  chosen = _choose(plan, run)
   key = plan.group_of[chosen]
   index = plan.groups[key].index(chosen)
   group_dir = os.path.join(workdir, "groups", plan.names[key])

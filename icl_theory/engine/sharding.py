@@ -23,10 +23,9 @@ Devices default to this process's own (`jax.local_devices()`): under
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -34,10 +33,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 RUNS = PartitionSpec("runs")
 DATA = "data"
-
-# The mesh of the data-parallel program being traced, if any: read by `shard_batch`.
-_DATA_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("data_mesh", default=None)
-
 
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -129,14 +124,9 @@ def per_run(fn: Callable, sharding: NamedSharding, one_at_a_time: bool = False) 
   return jax.shard_map(each, mesh=sharding.mesh, in_specs=RUNS, out_specs=RUNS, check_vma=False)
 
 
-@contextlib.contextmanager
-def data_parallel(mesh: Mesh) -> Iterator[None]:
-  """While tracing inside this context, `shard_batch` splits batch axes over `mesh`'s 'data' axis."""
-  token = _DATA_MESH.set(mesh)
-  try:
-    yield
-  finally:
-    _DATA_MESH.reset(token)
+def data_parallel(mesh: Mesh) -> contextlib.AbstractContextManager:
+  """While tracing inside this context (JAX's own mesh context), `shard_batch` splits batch axes over 'data'."""
+  return jax.set_mesh(mesh)
 
 
 def shard_batch(tree: Any, axis: int = 0) -> Any:
@@ -145,14 +135,14 @@ def shard_batch(tree: Any, axis: int = 0) -> Any:
   Samplers call it on what they return; it changes no value, only where the
   values are computed.
   """
-  mesh = _DATA_MESH.get()
-  if mesh is None or mesh.size == 1:
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or DATA not in mesh.axis_names or mesh.size == 1:
     return tree
 
   def constrain(x):
     spec = [None] * x.ndim
     spec[axis] = DATA
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
   return jax.tree.map(constrain, tree)
 

@@ -240,7 +240,9 @@ def sweep(experiment: Experiment, config: ml_collections.ConfigDict, workdir: st
   figures; the other processes return the rows they trained.
   """
   runs, points = validate_sweep_config(experiment, config)
-  process, num_processes = jax.process_index(), jax.process_count()
+  process = jax.process_index()
+  # Each process of a multi-process sweep holds its own lock: a second sweep started on the
+  # same workdir is refused at its process 0.
   lock_name = workdirs.LOCK_FILE if process == 0 else f"{workdirs.LOCK_FILE}.process{process}"
   with workdirs.lock(workdir, lock_name):
     return _sweep_locked(experiment, config, workdir, overwrite, runs, points)

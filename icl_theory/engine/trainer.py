@@ -146,6 +146,12 @@ def optimizer_from_config(config: Any) -> tuple[optax.GradientTransformation, op
                         config.schedule, clip_norm=config.clip_norm)
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """A run's (init key, training key): the two halves of its seed's key, as `fit_group` uses them."""
+  init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_key, rng
+
+
 def init_state(objective: Objective, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
   params = objective.init(key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
@@ -309,7 +315,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   if programs is None:
     programs = compile_group(objective, optimizer, settings, num_runs, tasks, devices, data_parallel)
   placement = programs.placement
-  keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in seeds])
+  keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s))) for s in seeds])  # run_keys, stacked
   init_keys, rngs, tasks = placement.place((keys[:, 0], keys[:, 1], tasks))
   states = programs.init(init_keys)
   # Set from the first chunk's step-1 losses (and checkpointed): no program of its own to compile.

@@ -17,22 +17,26 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from icl_theory.engine import precision
 from icl_theory.regression import theory
 from icl_theory.regression.task import Prompts, RegressionTask
 from icl_theory.engine.validation import ConfigError, check_int
 
 
+@precision.scoped
 def preconditioned_gd(prompts: Prompts, gamma: jax.Array) -> jax.Array:
   """One preconditioned GD step from w = 0: x_query^T Gamma g, g = (1/n) sum_i y_i x_i."""
   return theory.gamma_predict(gamma, prompts)
 
 
+@precision.scoped
 def one_step_gd(prompts: Prompts, lr: float | jax.Array) -> jax.Array:
   """One plain GD step from w = 0 with step size lr: x_query^T (lr I) g."""
   g_BxD, xq_BxD = theory.gd_features(prompts)
   return lr * jnp.einsum("bd,bd->b", xq_BxD, g_BxD)
 
 
+@precision.scoped
 def ridge(prompts: Prompts, task: RegressionTask) -> jax.Array:
   """Posterior mean with the task's prior N(0, cov_w) and noise: Bayes-optimal for linear data."""
   noise_var = task.noise_std**2
@@ -40,6 +44,7 @@ def ridge(prompts: Prompts, task: RegressionTask) -> jax.Array:
   return jnp.einsum("bd,bd->b", prompts.x_query, w_BxD)
 
 
+@precision.scoped
 def ols(prompts: Prompts) -> jax.Array:
   """Ordinary least squares, minimum-norm when n < d (the pseudo-inverse)."""
   w_BxD = jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(prompts.x), prompts.y)
@@ -54,6 +59,7 @@ def gd_statistics(prompts: Prompts) -> tuple[jax.Array, jax.Array]:
   return sigma_hat_BxDxD, g_BxD
 
 
+@precision.scoped
 def multi_step_gd(prompts: Prompts, lr: float | jax.Array, steps: int,
                   preconditioner: jax.Array | None = None) -> jax.Array:
   """`steps` steps of GD from w = 0 on (1/2n) sum_i (y_i - w^T x_i)^2; predicts w_k^T x_query.
@@ -80,6 +86,7 @@ def multi_step_gd(prompts: Prompts, lr: float | jax.Array, steps: int,
   return jnp.einsum("bd,bd->b", prompts.x_query, w_BxD)
 
 
+@precision.scoped
 @functools.partial(jax.jit, static_argnames=("steps", "num_samples"))
 def multi_step_gd_risks(key: jax.Array, task: RegressionTask, lrs_G: jax.Array, steps: int, num_samples: int,
                         preconditioner: jax.Array) -> theory.Estimate:
@@ -100,6 +107,7 @@ class StepSizeSearch(NamedTuple):
   risk_stderr: float
 
 
+@precision.scoped
 def best_multi_step_gd_lr(task: RegressionTask, key: jax.Array, steps: int, num_samples: int,
                           preconditioner: jax.Array | None = None, lr_max: float | None = None,
                           num_grid: int = 41, rounds: int = 3) -> StepSizeSearch:

@@ -115,7 +115,7 @@ def trainer_step_seconds(config: ml_collections.ConfigDict, fused: bool = True) 
   """Steady-state seconds per step of `trainer.fit` on `config` (compilation excluded).
 
   Data-parallel over this process's devices, as `icl_theory.main` trains (one CPU
-  device for an LSA run: `experiments.use_cpu_cores`).
+  device for an LSA run: `icl_theory.experiments.use_cpu_cores`).
   """
   task = lsa_regression.validate_config(config)
   optimizer, schedule = trainer.optimizer_from_config(config)
@@ -127,9 +127,9 @@ def trainer_step_seconds(config: ml_collections.ConfigDict, fused: bool = True) 
 def throughput(steps: int = 500, rounds: int = 3) -> dict[str, Any]:
   """Figure 1: `rounds` alternating timings of the trainer and the reference, the median of each.
 
-  A step of the trainer is about 1 ms here, and its timing swung by up to 1.5x
-  between back-to-back measurements on this shared machine; alternating the two
-  sides and taking medians keeps one slow stretch from deciding the ratio.
+  A step of the trainer is short and its timing swings between back-to-back
+  measurements on a shared machine; alternating the two sides and taking
+  medians keeps one slow stretch from deciding the ratio.
   """
   config = _job_config(steps=steps)
   reference_job = Reference(d=config.d, n=config.n, batch_size=config.batch_size)
@@ -180,7 +180,7 @@ def theorem(workdir: str) -> dict[str, Any]:
 def sweep(workdir: str, sequential_samples: int = 3) -> dict[str, Any]:
   """Figure 4: the default 60-run sweep against its runs one at a time."""
   config = sweep_config.get_config()
-  runs = grid.expand_grid(config)
+  runs = grid.expand_grid(lsa_regression.EXPERIMENT, config)
   sweep_dir = os.path.join(workdir, "sweep")
   sweep_seconds, _ = _timed_command(["icl_theory.sweep", f"--workdir={sweep_dir}"])
   # One run's steady-state training time: a run of the grid, compiled and warm.
@@ -189,7 +189,7 @@ def sweep(workdir: str, sequential_samples: int = 3) -> dict[str, Any]:
   warm = one.copy_and_resolve_references()
   warm.steps = one.steps // 10
   trainer_step_seconds(warm, fused=False)  # untimed, as in figure 1: whichever figure runs first
-  steady = trainer_step_seconds(one, fused=False) * one.steps  # the loss the sweep trains (grid.py)
+  steady = trainer_step_seconds(one, fused=False) * one.steps  # the loss the sweep trains
   steady_fused = trainer_step_seconds(one) * one.steps        # ... and a single command's
   # Single-run commands, as a user without the sweep would run them; a few of them, spread over n.
   picks = np.linspace(0, len(runs) - 1, sequential_samples).round().astype(int)
@@ -198,8 +198,7 @@ def sweep(workdir: str, sequential_samples: int = 3) -> dict[str, Any]:
   command_seconds = []
   for i, index in enumerate(picks):
     run = runs[index]
-    fields = dict(n=run.n, cov_x=run.cov_x, cov_w=run.cov_w, noise_std=run.noise_std, response=run.response,
-                  seed=run.seed)
+    fields = run.coordinates()
     args = [f"--config.{k}={v}" for k, v in {**base, **fields}.items()]
     seconds, _ = _timed_command(["icl_theory.main", f"--workdir={os.path.join(workdir, f'single_{i}')}", *args])
     command_seconds.append(seconds)

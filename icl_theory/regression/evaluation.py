@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_theory.engine import precision
 from icl_theory.regression import baselines, theory
 from icl_theory.engine import sharding
 from icl_theory.regression import lsa
@@ -36,6 +37,7 @@ def _reference_gamma(task: RegressionTask, key: jax.Array, num_samples: int) -> 
   return theory.optimal_gamma_mc(task, key, num_samples).value
 
 
+@precision.scoped
 def reference_gamma(task: RegressionTask, key: jax.Array | None = None,
                     num_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> np.ndarray:
   """Gamma*: exact for linear responses, the Monte Carlo least-squares optimum otherwise."""
@@ -88,6 +90,7 @@ def _to_python(out: dict[str, jax.Array]) -> dict[str, Any]:
   return {**{k: None for k in _ONE_LAYER_ONLY}, **py}
 
 
+@precision.scoped
 def compare(params: Any, task: RegressionTask, key: jax.Array | None = None,
             num_samples: int = DEFAULT_EVAL_SAMPLES, gamma_star: np.ndarray | None = None) -> dict[str, Any]:
   """Learned vs analytic for a trained LSA on `task`; a dict of floats (and None where undefined).
@@ -145,6 +148,7 @@ def _baseline_arrays(task: RegressionTask, gamma_star: jax.Array, key: jax.Array
   return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
 
 
+@precision.scoped
 def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_samples: int = DEFAULT_EVAL_SAMPLES,
                    gamma_star: np.ndarray | None = None,
                    gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES) -> dict[str, float]:
@@ -189,7 +193,7 @@ def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.
 
 
 # XLA:CPU options for the evaluation's programs, which run once: without the fusion emitters they
-# compiled in 1.2 s instead of 2.1 s (the default sweep's groups) and ran about as fast.
+# compile markedly faster and run about as fast (results/README.md has the measurement).
 _CPU_EVALUATION_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
@@ -222,6 +226,7 @@ class EvaluationPrograms:
   compare: Any              # jax.stages.Compiled: (params, tasks, Gamma*s, keys) -> compare()
 
 
+@precision.scoped
 def compile_evaluation(param_shapes: Any, tasks: RegressionTask, num_samples: int = DEFAULT_EVAL_SAMPLES,
                        gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES,
                        devices: Sequence[jax.Device] | None = None,
@@ -245,6 +250,7 @@ def compile_evaluation(param_shapes: Any, tasks: RegressionTask, num_samples: in
   return EvaluationPrograms(tasks, distinct, index, devices, reference, compare)
 
 
+@precision.scoped
 def evaluate_group(params: Any, tasks: RegressionTask, keys: jax.Array, num_samples: int = DEFAULT_EVAL_SAMPLES,
                    gamma_mc_samples: int = DEFAULT_GAMMA_MC_SAMPLES,
                    devices: Sequence[jax.Device] | None = None,

@@ -10,6 +10,8 @@ sweeps and evaluates; `icl_theory.train(config)` with `config.experiment =
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -88,8 +90,8 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   and the query is integrated out exactly (`integrated_loss`). Both losses
   estimate the same population risk, so the same parameters minimise them; the
   Wishart one costs the same for any n and has a smaller variance. `fused`: see
-  `integrated_loss` (sweeps pass False: vmapped over runs, the fused program
-  compiled slower than it ran faster, 55 s against 46 s for the default sweep).
+  `integrated_loss` (a group of several runs passes False: vmapped over runs,
+  the fused program compiles slower than it runs faster).
   """
   model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
                   vanishing_init_scale=config.vanishing_init_scale)
@@ -187,7 +189,7 @@ class LSARegression(experiment.Experiment):
     return float(columns * config.num_layers)
 
   def objective(self, task, config, num_runs):
-    # The fused loss pays for one run; vmapped over a sweep's runs it compiled slower than it ran faster.
+    # The fused loss pays for one run; vmapped over a group's runs it compiles slower than it runs faster.
     return make_objective(task, config, fused=num_runs == 1)
 
   def reference_loss(self, task):

@@ -91,7 +91,7 @@ def _gamma_by_rejection(key: jax.Array, shape_N: np.ndarray) -> jax.Array:
   them are, each time), all get a fresh one and the rejected keep it. A whole-array
   redraw rather than a gather of the rejected: elementwise, so it splits over
   devices with the batch, and one or two rounds suffice at these rates.
-  (`jax.random.gamma` is exact too but about 20x slower on CPU.)
+  (`jax.random.gamma` is exact too but much slower on CPU.)
   """
   a_N = jnp.asarray(shape_N, jnp.float32)
 

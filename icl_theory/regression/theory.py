@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from icl_theory.engine import precision
 from icl_theory.regression.task import Prompts, RegressionTask, sample_prompts
 
 _CHUNK = 8192  # prompts per Monte Carlo chunk: bounds memory, whatever num_samples is
@@ -51,6 +52,7 @@ def gd_features(prompts: Prompts) -> tuple[jax.Array, jax.Array]:
   return g_BxD, prompts.x_query
 
 
+@precision.scoped
 def gamma_risk(gamma: jax.Array, task: RegressionTask) -> jax.Array:
   """Exact population risk of the predictor x_query^T Gamma g (linear responses)."""
   _require_gaussian(task, "gamma_risk")
@@ -59,6 +61,7 @@ def gamma_risk(gamma: jax.Array, task: RegressionTask) -> jax.Array:
   return c - 2 * jnp.trace(sx @ gamma @ sx @ sw) + jnp.trace(gamma.T @ sx @ gamma @ h)
 
 
+@precision.scoped
 def optimal_gamma(task: RegressionTask) -> jax.Array:
   """Gamma* = Sw Sx H^-1, the global optimum of one LSA layer (linear responses)."""
   _require_gaussian(task, "optimal_gamma")
@@ -67,6 +70,7 @@ def optimal_gamma(task: RegressionTask) -> jax.Array:
   return jnp.linalg.solve(h, task.cov_x @ task.cov_w).T
 
 
+@precision.scoped
 def optimal_risk(task: RegressionTask) -> jax.Array:
   """R* = R(Gamma*)."""
   _require_gaussian(task, "optimal_risk")
@@ -74,6 +78,7 @@ def optimal_risk(task: RegressionTask) -> jax.Array:
   return c - jnp.trace(task.cov_x @ optimal_gamma(task) @ task.cov_x @ task.cov_w)
 
 
+@precision.scoped
 def optimal_gd_lr(task: RegressionTask) -> jax.Array:
   """The best plain-GD step eta (Gamma = eta I); n / (n + d + 1 + sigma^2) when isotropic."""
   _require_gaussian(task, "optimal_gd_lr")
@@ -107,6 +112,7 @@ def mean_and_stderr(sums: jax.Array, sq_sums: jax.Array, count: int) -> Estimate
   return Estimate(mean, jnp.sqrt(var / count))
 
 
+@precision.scoped
 @functools.partial(jax.jit, static_argnames="num_samples")
 def prediction_risk_mc(key: jax.Array, task: RegressionTask, num_samples: int, predict) -> Estimate:
   """Monte Carlo risk E[(predict(prompts) - y_query)^2] of any predictor; with its stderr.
@@ -128,11 +134,13 @@ def gamma_predict(gamma: jax.Array, prompts: Prompts) -> jax.Array:
   return jnp.einsum("bd,de,be->b", xq_BxD, gamma, g_BxD)
 
 
+@precision.scoped
 def gamma_risk_mc(gamma: jax.Array, task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
   """Monte Carlo risk of x_query^T Gamma g, for any response."""
   return prediction_risk_mc(key, task, num_samples, jax.tree_util.Partial(gamma_predict, gamma))
 
 
+@precision.scoped
 def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_var: jax.Array):
   """Posterior mean and covariance of w given one context, prior N(0, cov_w), noise variance.
 
@@ -143,9 +151,9 @@ def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_va
   n close to d exact in float32. A long context (n > d) is first reduced to the
   d x d triangle R of X L = Q R, which has X L's singular values and right
   vectors: batched SVDs of small square matrices are fast, while XLA's GPU SVD
-  of a batch of tall ones loops over the batch (8.6 s against 7 ms at n = 64 on
-  an H100). Q stays unformed (the QR of [X L, y] carries Q^T y): with Q formed, a
-  CPU program of several Monte Carlo loops hung.
+  of a batch of tall ones loops over the batch. Q stays unformed (the QR of
+  [X L, y] carries Q^T y): a formed Q put a LAPACK call inside several Monte
+  Carlo loops of one CPU program, which the CPU runtime cannot run safely.
   """
   chol = jnp.linalg.cholesky(cov_w)
   xl_NxD = x_NxD @ chol
@@ -163,6 +171,7 @@ def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_va
   return chol @ mean_v, chol @ cov_v @ chol.T
 
 
+@precision.scoped
 def ols_risk(task: RegressionTask) -> jax.Array:
   """Exact risk of least squares for Gaussian x and n >= d + 2: sigma^2 (1 + d / (n - d - 1)).
 
@@ -178,6 +187,7 @@ def ols_risk(task: RegressionTask) -> jax.Array:
   return task.noise_std**2 * (1.0 + task.d / (task.n - task.d - 1))
 
 
+@precision.scoped
 @functools.partial(jax.jit, static_argnames="num_samples")
 def bayes_risk(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
   """Risk of the Bayes posterior mean (ridge with the prior): sigma^2 + E_X tr(Sx Cov[w | X])."""
@@ -194,6 +204,7 @@ def bayes_risk(task: RegressionTask, key: jax.Array, num_samples: int) -> Estima
   return mean_and_stderr(s, s2, count)
 
 
+@precision.scoped
 @functools.partial(jax.jit, static_argnames="num_samples")
 def optimal_gamma_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
   """Gamma* by least squares of y_query on the d^2 features x_query (x) g; any response.
@@ -225,6 +236,7 @@ def optimal_gamma_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> 
   return Estimate(beta.reshape(d, d), jnp.sqrt(jnp.diag(cov)).reshape(d, d))
 
 
+@precision.scoped
 @functools.partial(jax.jit, static_argnames="num_samples")
 def optimal_gd_lr_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> Estimate:
   """The best plain-GD step eta_f = E[y_query x_query^T g] / E[g^T cov_x g], for any response.

@@ -14,7 +14,7 @@ import icl_theory
 from icl_theory.engine import sweep as grid
 from icl_theory.configs import sweep as sweep_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The 8-run grid, with a short training budget.
 # Adam here: one run per device and several vmapped runs on one device differ in the last
 # float32 bits, and SGD's dynamics amplify those into visibly different unconverged runs

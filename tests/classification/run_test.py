@@ -16,7 +16,7 @@ from icl_theory.engine import files
 from icl_theory.configs import classify
 from icl_theory.classification import experiment as classification
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _STEPS = 300
 # A small run: 10 contexts, half with the query's pattern, so the context's majority says nothing.
 _SMALL = dict(prompt_len=10, test_prompt_len=10, batch_size=64, steps=_STEPS, learning_rate=0.2, warmup_steps=20,
