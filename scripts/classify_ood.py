@@ -97,12 +97,11 @@ def _evaluator(model: Any) -> classification.Evaluator:
 def evaluate_run(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
   """The run's rows: out of domain over S1 x OOD_ALPHAS, and every domain over ALPHAS (OOD at S1 = 1).
 
-  Keys as in classification.evaluate: one per domain, so the rows of a domain are
+  Keys as in classification.domain_keys: one per domain, so the rows of a domain are
   paired (the same draws, at different S1 or alpha').
   """
   evaluator = _evaluator(classification.make_model(config))
-  root = classification.eval_key(config.seed)
-  key = {domain: jax.random.fold_in(root, i) for i, domain in enumerate(classification.PREFIXES)}
+  key = classification.domain_keys(classification.eval_key(config.seed))
 
   def measure(table: str, domain: str, alpha: float, s1: float | None) -> dict:
     task = result.task.with_s1(s1) if domain == "ood" else result.task

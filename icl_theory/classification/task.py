@@ -215,7 +215,7 @@ def _uniform_index(u: jax.Array, n: int) -> jax.Array:
 def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, relevant_RxD: jax.Array,
                 irrelevant_IxD: jax.Array, prompt_len: int, same: int | jax.Array) -> ClassificationPrompts:
   # Every random choice comes from one uniform draw: each jax.random call adds a threefry block
-  # to the program, and with a call per choice the sampler took 2-4x longer to compile.
+  # to the program, and a call per choice made the sampler several times slower to compile.
   # Rows 0..l-1: the contexts, row l: the query (columns: position, kappa, irrelevant pattern);
   # row l+1: the prompt's task and the query's side.
   u_Tx3 = jax.random.uniform(key, (prompt_len + 2, 3))

@@ -18,7 +18,7 @@ would make one reduction per parameter entry:
     dL/dA = mean_b f_b g_b^T / n,   dL/dp = mean_b F_b F_b^T A g_b / n,
     f = F F^T p,   g = 2 cov_x (v - w),
 
-the second again one loop. tests/lsa_fused_test.py holds both to autodiff of the
+the second again one loop. tests/regression/lsa_fused_test.py holds both to autodiff of the
 einsum path on the same draws. The unrolled program grows as d^2 K, so it is
 used for one layer and d <= MAX_D; elsewhere the einsum path is as fast.
 """
