@@ -1,46 +1,57 @@
 r"""Command line: train one run and print its summary (for the LSA: learned against analytic).
 
-    python -m icl_theory.main [--config=icl_theory/configs/lsa.py] [--config.FIELD=VALUE ...]
-                              [--workdir=DIR] [--overwrite]
-    python -m icl_theory.main --config=icl_theory/configs/classify.py [--config.FIELD=VALUE ...]
+    python -m icl_theory.main [--config=lsa] [--config.FIELD=VALUE ...] [--workdir=DIR] [--overwrite]
+    python -m icl_theory.main --config=classify [--config.FIELD=VALUE ...]
 
-With no arguments: the default LSA config into a fresh folder under runs/.
+`--config` is a config file's path or the name of one in icl_theory/configs. With
+no arguments: the default LSA config into a fresh folder under runs/. Bad input
+exits with status 2 and one line; a diverged run with 1; Ctrl-C with 130, keeping
+the last checkpoint (rerun the same command to resume).
 """
 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from icl_theory import experiments
-from icl_theory.engine import trainer
+from icl_theory import cli, experiments
+from icl_theory.engine import trainer, workdir as workdirs
 from icl_theory.engine.validation import ConfigError
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "lsa.py")
+_DEFAULT_CONFIG = os.path.join(cli.CONFIGS_DIR, "lsa.py")
+cli.prepare_argv(_DEFAULT_CONFIG)  # before the config flag reads the command line
 
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config: a file, or a name in "
+                                          "icl_theory/configs (lsa, classify).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; rerunning with it resumes. Default: a fresh runs/...")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an earlier run of another config in --workdir.")
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  experiments.use_cpu_cores(_CONFIG.value)  # one data-parallel CPU device per core, where that is faster
+    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
+  workdir = None
   try:
-    result = experiments.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except (ConfigError, trainer.TrainingDiverged) as error:
+    experiments.use_cpu_cores(_CONFIG.value)  # before JAX starts: one data-parallel CPU device per core, where faster
+    experiment = experiments.of(_CONFIG.value)
+    experiment.validate(_CONFIG.value)  # bad fields fail before anything compiles
+    workdir = _WORKDIR.value or workdirs.default_workdir(experiment.name)
+    result = experiments.train(_CONFIG.value, workdir, overwrite=_OVERWRITE.value)
+  except ConfigError as error:
+    cli.fail(str(error))
+  except trainer.TrainingDiverged as error:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2 if isinstance(error, ConfigError) else 1)
+    sys.exit(1)
+  except KeyboardInterrupt:
+    cli.interrupted(workdir)
   print(experiments.format_summary(result.summary))
   print(f"\nwritten to {result.workdir}")
 
 
 def run() -> None:
   """Console script `icl-train`."""
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

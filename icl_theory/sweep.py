@@ -16,17 +16,17 @@ or under srun / mpirun, which are detected without those flags.
 """
 
 import os
-import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from icl_theory import experiments
+from icl_theory import cli, experiments
 from icl_theory.engine import distributed, sharding, sweep, workdir as workdirs
 from icl_theory.engine.validation import ConfigError
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "sweep.py")
+_DEFAULT_CONFIG = os.path.join(cli.CONFIGS_DIR, "sweep.py")
+cli.prepare_argv(_DEFAULT_CONFIG)  # before the config flag reads the command line
 
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Sweep config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; rerunning with it resumes. Default: a fresh runs/...")
@@ -40,9 +40,10 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed fr
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  sharding.use_cpu_cores()  # one CPU device per core: the runs of a group are split over them
+    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
+  workdir = None
   try:
+    sharding.use_cpu_cores()  # before JAX starts: one CPU device per core, the runs of a group split over them
     experiment = experiments.of(_CONFIG.value)
     sweep.validate_sweep_config(experiment, _CONFIG.value)  # bad fields fail here, before any process connects
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
@@ -52,8 +53,9 @@ def main(argv) -> None:
     workdir = _WORKDIR.value or workdirs.default_workdir("sweep")
     rows = sweep.sweep(experiment, _CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(error))
+  except KeyboardInterrupt:
+    cli.interrupted(workdir)
   finished = [r for r in rows if r["status"] == "finished"]
   if jax.process_index() != 0:
     print(f"process {jax.process_index()}: {len(finished)}/{len(rows)} of its runs finished; process 0 writes "
@@ -65,8 +67,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console script `icl-sweep`."""
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":
