@@ -20,6 +20,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from absl import flags, logging
 
+from icl_theory.engine import progress
 from icl_theory.engine.validation import ConfigError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -143,7 +144,8 @@ def setup_console() -> None:
   """Short progress lines (time and message), and nothing below INFO from the libraries."""
   logging.set_verbosity(logging.INFO)
   handler = logging.get_absl_handler()
-  handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  handler.setFormatter(pylogging.Formatter(progress.FORMAT, progress.DATE_FORMAT))
+  progress.quiet_libraries(handler)
   # JAX's notice about a missing TPU runtime reads like an error on a CPU or GPU machine.
   pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.ERROR)
 

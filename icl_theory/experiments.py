@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from icl_theory.engine import run as runs
-from icl_theory.engine import sharding, sweep as sweeps, workdir as workdirs
+from icl_theory.engine import progress, sharding, sweep as sweeps, workdir as workdirs
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.validation import check_choice
 
@@ -49,20 +49,24 @@ def of(config: ml_collections.ConfigDict) -> Experiment:
   return get(config.base.get("experiment") if "base" in config else config.get("experiment"))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False) -> runs.RunResult:
+def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False,
+          verbose: bool = True) -> runs.RunResult:
   """Trains and evaluates one run of `config.experiment` into `workdir` (a fresh runs/... folder if None).
 
   Returns a `RunResult`: `.summary` (the summary.json dict), `.params`, `.task`,
-  `.history`, `.workdir`. Rerunning on the same workdir resumes.
+  `.history`, `.workdir`. Rerunning on the same workdir resumes. `verbose`: print
+  progress lines (Python's logging, to stderr unless logging is set up already).
   """
   experiment = of(config)
-  return runs.train(experiment, config, workdir or workdirs.default_workdir(experiment.name), overwrite)
+  with progress.shown(verbose):
+    return runs.train(experiment, config, workdir or workdirs.default_workdir(experiment.name), overwrite)
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str | None = None,
-              overwrite: bool = False) -> list[dict[str, Any]]:
+def run_sweep(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False,
+              verbose: bool = True) -> list[dict[str, Any]]:
   """Trains every run of a sweep config's grid into `workdir` (resumable); returns results.csv's rows."""
-  return sweeps.sweep(of(config), config, workdir or workdirs.default_workdir("sweep"), overwrite)
+  with progress.shown(verbose):
+    return sweeps.sweep(of(config), config, workdir or workdirs.default_workdir("sweep"), overwrite)
 
 
 def load_run(workdir: str, run: int | dict[str, Any] | None = None) -> runs.LoadedRun:

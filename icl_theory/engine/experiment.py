@@ -33,7 +33,7 @@ class Experiment:
   # The figure a single run draws into its workdir (`plot_run`), and any other files it writes there.
   run_figure: str = "run.png"
   # Fields that change only bookkeeping, never a number the run produces.
-  bookkeeping_fields: tuple[str, ...] = ("log_every", "checkpoint_every", "keep_checkpoints", "verbose")
+  bookkeeping_fields: tuple[str, ...] = ("log_every", "checkpoint_every", "keep_checkpoints")
   # Fields that change only the evaluation: a rerun with new values re-evaluates the trained model.
   evaluation_fields: tuple[str, ...] = ()
   # Sweep axes: a sweep config's `<field>_values` tuple -> the run config field it sets. Training axes

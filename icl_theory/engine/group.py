@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from icl_theory.engine import precision, trainer
+from icl_theory.engine import precision, progress, trainer
 from icl_theory.engine.experiment import Experiment
 
 _EVAL_STREAM = 1_000_003
@@ -52,6 +52,7 @@ class Group:
   configs: list[ml_collections.ConfigDict]
   data_parallel: bool = False
   devices: Sequence[jax.Device] | None = None
+  label: str = ""  # for progress lines: the group's name in a sweep
   tasks: Any = dataclasses.field(init=False)  # the runs' tasks, stacked along a run axis
   objective: trainer.Objective = dataclasses.field(init=False)
   optimizer: optax.GradientTransformation = dataclasses.field(init=False)
@@ -78,9 +79,13 @@ class Group:
     # scan (SVD, eigh) deadlocks the JAX CPU runtime when several devices run it at once.
     return (list(self.devices) if self.devices else jax.local_devices())[:1]
 
+  def _what(self, action: str) -> str:
+    return f"{action} ({self.label})" if self.label else action
+
   def _compile_training(self) -> trainer.GroupPrograms:
-    return precision.scoped(trainer.compile_group)(self.objective, self.optimizer, self.settings, len(self.configs),
-                                                   self.tasks, self.devices, self.data_parallel)
+    with progress.timed(self._what("compiling the training programs")):
+      return precision.scoped(trainer.compile_group)(self.objective, self.optimizer, self.settings,
+                                                     len(self.configs), self.tasks, self.devices, self.data_parallel)
 
   def _compile_evaluation(self, configs: Sequence[ml_collections.ConfigDict]) -> Any:
     param_shapes = jax.eval_shape(jax.vmap(self.objective.init),
@@ -121,8 +126,11 @@ class Group:
     keys = np.stack([np.asarray(eval_key(seed)) for seed in self.seeds])
     out = []
     for i, point in enumerate(eval_points):
+      where = f" at {', '.join(f'{k}={v}' for k, v in point.items())}" if point else ""
+      what = self._what(f"evaluating {len(self.configs)} run{'s' if len(self.configs) > 1 else ''}{where}")
       configs = [with_fields(config, point) if point else config for config in self.configs]
       compiled = self.evaluation.result() if (i == 0 and self.evaluation is not None) else None
       evaluate = precision.scoped(functools.partial(self.experiment.evaluate, compiled=compiled))
-      out.append(evaluate(params, self.tasks, configs, keys))
+      with progress.timed(what):
+        out.append(evaluate(params, self.tasks, configs, keys))
     return out

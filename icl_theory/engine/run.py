@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from icl_theory.engine import files, sweep as sweeps, trainer, workdir as workdirs
+from icl_theory.engine import files, precision, progress, sweep as sweeps, trainer, workdir as workdirs
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.group import Group, eval_key
 from icl_theory.engine.validation import ConfigError
@@ -64,7 +64,10 @@ def train(experiment: Experiment, config: ml_collections.ConfigDict, workdir: st
     params = jax.tree.map(lambda x: x[0], result.state.params)
     t_eval = time.perf_counter()
     (row,), = group.evaluate(result.state.params)
-    details = experiment.details(params, task, config, eval_key(config.seed))
+    details = {}
+    if type(experiment).details is not Experiment.details:  # the experiment has tables to add
+      with progress.timed("evaluating the run's tables"):
+        details = precision.scoped(experiment.details)(params, task, config, eval_key(config.seed))
     history = result.history
     summary: dict[str, Any] = {
         "config": config.to_dict(),

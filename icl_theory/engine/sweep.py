@@ -274,7 +274,7 @@ def _sweep_locked(experiment: Experiment, config: ml_collections.ConfigDict, wor
   # nothing, so one thread compiles the groups in order, ahead of the one training.
   compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl_theory-compile")
   try:
-    jobs = [Group(experiment, [run.config(config.base) for run in groups[key]]) for key in mine]
+    jobs = [Group(experiment, [run.config(config.base) for run in groups[key]], label=names[key]) for key in mine]
     for i, (key, job) in enumerate(zip(mine, jobs)):
       first_points = [with_fields(c, points[0]) for c in job.configs]
       job.compile(compiler, training_here=i == 0, eval_configs=first_points)

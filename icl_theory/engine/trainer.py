@@ -29,7 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from icl_theory.engine import files, sharding
+from icl_theory.engine import files, progress, sharding
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
 
 Params = Any
@@ -245,7 +245,7 @@ def compile_group(objective: Objective, optimizer: optax.GradientTransformation,
 
 
 def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointManager:
-  _quiet_orbax()
+  progress.quiet_libraries()
   # Each process saves its own runs alone: under jax.distributed orbax would otherwise wait
   # for every process at each save, and only process 0 would write.
   process = jax.process_index()
@@ -258,23 +258,6 @@ def _checkpoint_manager(workdir: str, settings: LoopSettings) -> ocp.CheckpointM
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   os.makedirs(directory, exist_ok=True)  # orbax creates it only when every process saves
   return ocp.CheckpointManager(directory, options=options)
-
-
-class _OrbaxInfoFilter(pylogging.Filter):
-  """Orbax logs every save at INFO through absl: keep the console to our progress lines.
-
-  A filter on the handler rather than a verbosity switch: no global state to
-  save and restore around every save.
-  """
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
-
-
-def _quiet_orbax() -> None:
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
-    handler.addFilter(_OrbaxInfoFilter())
 
 
 def format_eta(seconds: float) -> str:
