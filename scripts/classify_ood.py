@@ -2,11 +2,16 @@ r"""Claim 2 of Li et al. 2024 (THEORY.md Part B): out of domain, near-zero error
 
     python3 scripts/classify_ood.py [--out=results/classify] [--workdir=DIR] [--seeds=3]
 
-Trains, per seed, the one-layer softmax attention + MLP (the default config of
-icl_theory/configs/classify.py) and the 3-layer, 2-head GPT-2-style transformer
-(model='gpt', Adam), both on the same prompts: the 12 training tasks, alpha = 1/2,
-l = 20, hinge loss. Then, on fresh prompts of l = 20 (out of domain: ODR patterns
-S1/2 (mu_2k + mu_2k+1), new irrelevant directions), writes to OUT/ood/:
+Runs one classification sweep (icl_theory.run_sweep) per model, into WORKDIR/one_layer/
+and WORKDIR/gpt/: --seeds runs (seeds 0, 1, ...) of the one-layer softmax attention +
+MLP (the default config of icl_theory/configs/classify.py) or of the 3-layer, 2-head
+GPT-2-style transformer (model='gpt', Adam), both on the same prompts: the 12
+training tasks, alpha = 1/2, l = 20, hinge loss. Each trained run is evaluated,
+without retraining, at every alpha' x S1 of the sweep's evaluation axes, on 4096
+fresh prompts of l = 20 per estimate (out of domain: ODR patterns
+S1/2 (mu_2k + mu_2k+1), new irrelevant directions). From the sweeps' rows, and for
+the transformer's attention by layer from its trained parameters
+(icl_theory.load_run), it writes to OUT/ood/:
 
   ood_by_s1.csv        per model, alpha' and S1: the ICL error (mean over seeds, its
                        standard error over seeds, and the largest Monte Carlo
@@ -20,8 +25,9 @@ S1/2 (mu_2k + mu_2k+1), new irrelevant directions), writes to OUT/ood/:
                        layer: the head most on it, the head least on it, their mean
                        (per seed, then averaged), on training and unseen tasks and out
                        of domain at S1 = 1 and 2, alpha' = 0.3 and 0.5
-  summary.json         the settings, each run's training figures, and per model and
-                       alpha' the largest error over S1 >= 1 and the smallest below
+  summary.json         the settings, each run's training figures, each sweep's folder
+                       and times, and per model and alpha' the largest error over
+                       S1 >= 1 and the smallest below
   ood_vs_s1.png        error against S1 per model, one line per alpha' (thin: single seeds),
                        majority vote dashed
   error_vs_alpha.png   in-domain against out-of-domain error across alpha', per model
@@ -30,10 +36,10 @@ alpha' = 0.3 is where the majority of the context labels is always wrong: only
 attention to the query's pattern classifies there. alpha' = 0.8 is the seed
 paper's figure's setting, where majority vote alone is right.
 
-With --workdir the runs are kept there and a rerun resumes: finished evaluations
-are read back, unfinished training resumes from its checkpoint. About 370
-CPU-seconds, most of them the transformer's evaluation (16.5 minutes of wall time
-on 2 CPU cores shared with three other jobs).
+With --workdir the sweeps are kept there and a rerun resumes: finished sweeps and
+the transformer's attention by layer are read back, unfinished training resumes
+from its checkpoint. Another --seeds needs a new --workdir (a sweep's seeds are
+part of its config). TIMING_PLACEHOLDER
 """
 
 import functools
@@ -50,19 +56,21 @@ import numpy as np
 from absl import app, flags, logging
 
 import icl_theory
-from icl_theory.engine import files
+from icl_theory.engine import files, sharding
 from icl_theory.classification import plots
 from icl_theory.configs import classify
 from icl_theory.classification import experiment as classification
 from icl_theory.classification.task import prompt_tokens, sample_prompts
 
 _OUT = flags.DEFINE_string("out", os.path.join("results", "classify"), "Folder for the ood/ result folder.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the runs here (resumable); default: a temporary folder.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the sweeps here (resumable); default: a temporary folder.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per model (0, 1, ...).", lower_bound=1)
 
 S1S = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 OOD_ALPHAS = (0.3, 0.5, 0.8)   # alpha' of the S1 curves
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # alpha' of the in- against out-of-domain curves
+assert set(OOD_ALPHAS) <= set(ALPHAS)  # the sweeps' alpha' axis is ALPHAS: it must hold the S1 curves' too
+ERROR_BY_ALPHA_S1 = 1.0  # the out-of-domain S1 of error_by_alpha
 PROMPT_LEN = 20
 EVAL_SAMPLES = 4096
 # gpt: the query's attention by layer and head, in these domains (S1 for ood) and alpha'.
@@ -70,6 +78,7 @@ LAYER_DOMAINS = (("train", None), ("unseen", None), ("ood", 1.0), ("ood", 2.0))
 LAYER_ALPHAS = (0.3, 0.5)
 LAYER_SAMPLES = 2048
 _LAYER_STREAM = 17  # the layer-attention prompts' key: eval_key(seed) folded with this
+_LAYER_FILE = "attention_by_layer.json"  # kept in the gpt sweep's workdir, read back by a rerun
 NEAR_ZERO = 0.05  # an error at or below this counts as near zero in the verdicts
 # The two models, as changes to the default classification config.
 MODELS = {
@@ -80,51 +89,64 @@ MODELS = {
 
 
 def run_config(name: str, seed: int) -> ml_collections.ConfigDict:
-  """The model's training config; its own evaluation is kept small (this script evaluates separately)."""
+  """The model's run config: training at l = PROMPT_LEN, headline errors from EVAL_SAMPLES prompts.
+
+  The single-run tables (test_prompt_lens, test_alphas, test_s1s) are kept short: a sweep does not compute them.
+  """
   config = classify.get_config()
   config.update(**MODELS[name])
   config.update(seed=seed, prompt_len=PROMPT_LEN, test_prompt_len=PROMPT_LEN, test_prompt_lens=(PROMPT_LEN,),
-                test_alphas=(0.3,), test_s1s=(1.0,), eval_samples=2048, checkpoint_every=200, log_every=100)
+                test_alphas=(0.3,), test_s1s=(1.0,), eval_samples=EVAL_SAMPLES, checkpoint_every=200, log_every=100)
   return config
 
 
-@functools.lru_cache(maxsize=None)
-def _evaluator(model: Any) -> classification.Evaluator:
-  """One Evaluator (and its compiled programs) per model, shared by the model's seeds."""
-  return classification.Evaluator(model, EVAL_SAMPLES)
+def sweep_config(name: str, seeds: int) -> ml_collections.ConfigDict:
+  """The model's classification sweep: `seeds` runs (seeds 0, 1, ...), each evaluated at every alpha' x S1.
 
-
-def evaluate_run(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
-  """The run's rows: out of domain over S1 x OOD_ALPHAS, and every domain over ALPHAS (OOD at S1 = 1).
-
-  Keys as in classification.domain_keys: one per domain, so the rows of a domain are
-  paired (the same draws, at different S1 or alpha').
+  One evaluation point gives the three domains' errors at (alpha', S1): ood_by_s1
+  reads the out-of-domain ones at OOD_ALPHAS x S1S, error_by_alpha every domain at
+  ALPHAS and S1 = 1. The training and unseen tasks' errors do not depend on S1.
   """
-  evaluator = _evaluator(classification.make_model(config))
-  key = classification.domain_keys(classification.eval_key(config.seed))
+  config = ml_collections.ConfigDict()
+  config.experiment = "classification_sweep"  # a label: the experiment trained is base.experiment
+  config.base = run_config(name, 0)
+  config.num_seeds = seeds
+  config.alpha_test_values = ALPHAS
+  config.s1_values = S1S
+  return config
 
-  def measure(table: str, domain: str, alpha: float, s1: float | None) -> dict:
-    task = result.task.with_s1(s1) if domain == "ood" else result.task
-    values = evaluator(result.params, task, key[domain], PROMPT_LEN, alpha, domain, "v")
-    return {"table": table, "domain": domain, "alpha_test": alpha, "s1": s1, "error": values["v_error"],
-            "error_stderr": values["v_error_stderr"], "majority_vote_error": values["v_majority_vote_error"],
-            "attention_same": values["v_attention_same"]}
 
-  rows = [measure("ood_by_s1", "ood", a, s1) for a in OOD_ALPHAS for s1 in S1S]
-  rows += [measure("error_by_alpha", domain, a, 1.0 if domain == "ood" else None)
-           for a in ALPHAS for domain in classification.PREFIXES]
-  return rows
+def sweep_rows(name: str, rows: list[dict]) -> list[dict]:
+  """runs.csv's rows of one model from its sweep's rows: out of domain over OOD_ALPHAS x S1S (table ood_by_s1),
+  then every domain over ALPHAS at S1 = 1 (error_by_alpha), per seed.
+
+  The sweep's keys are those of classification.domain_keys: one per domain, so the
+  rows of a domain are paired (the same draws, at different S1 or alpha').
+  """
+  at = {(row["seed"], row["alpha_test"], row["s1"]): row for row in rows}
+  out = []
+
+  def measure(seed: int, table: str, domain: str, alpha: float, s1: float | None) -> dict:
+    row, prefix = at[(seed, alpha, ERROR_BY_ALPHA_S1 if s1 is None else s1)], classification.PREFIXES[domain]
+    return {"model": name, "seed": seed, "table": table, "domain": domain, "alpha_test": alpha, "s1": s1,
+            "error": row[f"{prefix}_error"], "error_stderr": row[f"{prefix}_error_stderr"],
+            "majority_vote_error": row[f"{prefix}_majority_vote_error"],
+            "attention_same": row[f"{prefix}_attention_same"]}
+
+  for seed in dict.fromkeys(row["seed"] for row in rows):
+    status = at[(seed, ALPHAS[0], S1S[0])]["status"]
+    if status != "finished":
+      logging.warning("%s seed %d: %s; left out of the tables", name, seed, status)
+      continue
+    out += [measure(seed, "ood_by_s1", "ood", a, s1) for a in OOD_ALPHAS for s1 in S1S]
+    out += [measure(seed, "error_by_alpha", domain, a, ERROR_BY_ALPHA_S1 if domain == "ood" else None)
+            for a in ALPHAS for domain in classification.PREFIXES]
+  return out
 
 
 def _layer_settings() -> dict:
   return files.to_builtin({"domains": LAYER_DOMAINS, "alphas": LAYER_ALPHAS, "samples": LAYER_SAMPLES,
                            "prompt_len": PROMPT_LEN})
-
-
-def _evaluation() -> dict:
-  """What evaluate_run measures: a kept record of other settings is not read back."""
-  return files.to_builtin({"s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS, "prompt_len": PROMPT_LEN,
-                           "eval_samples": EVAL_SAMPLES})
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
@@ -140,61 +162,67 @@ def _layer_masses(model: Any, params: Any, task: Any, key: jax.Array, alpha: flo
                                                for k in range(model.num_layers))])
 
 
-def layer_attention(result: Any, config: ml_collections.ConfigDict) -> list[dict]:
+def layer_attention(run: icl_theory.LoadedRun) -> list[dict]:
   """gpt only: per layer, the query's attention on its pattern's contexts, for the head most and least on it.
 
   The model returns only its last layer's head mean; the mechanism may sit in an
   earlier layer or in one head. Heads are not matched across seeds (which head
   does what is a seed's accident), so each seed reports its max and min head.
+  Out of domain, the patterns at S1 are those of the sweep's rows (classification.ood_task).
   """
+  config = run.config
   model = classification.make_model(config)
   root = jax.random.fold_in(classification.eval_key(config.seed), _LAYER_STREAM)
   rows = []
   for i, (domain, s1) in enumerate(LAYER_DOMAINS):
-    task = result.task.with_s1(s1) if domain == "ood" else result.task
+    if domain == "ood":
+      at_s1 = ml_collections.ConfigDict(config.to_dict())
+      at_s1.s1 = s1
+      task = classification.ood_task(run.task, at_s1)
+    else:
+      task = run.task
     for alpha in LAYER_ALPHAS:
-      mass_NxH = np.asarray(_layer_masses(model, result.params, task, jax.random.fold_in(root, i), alpha, domain))
+      mass_NxH = np.asarray(_layer_masses(model, run.params, task, jax.random.fold_in(root, i), alpha, domain))
       rows += [{"domain": domain, "s1": s1, "alpha_test": alpha, "layer": layer, "head_max": float(m.max()),
                 "head_min": float(m.min()), "head_mean": float(m.mean())} for layer, m in enumerate(mass_NxH)]
   return rows
 
 
-def run_model(name: str, seed: int, workdir: str) -> tuple[dict, list[dict]]:
-  """Trains (or resumes) one run and evaluates it; finished records are kept in its folder and read back.
+def run_model(name: str, seeds: int, workdir: str) -> tuple[list[dict], list[dict], list[dict], dict]:
+  """Runs (or resumes) the model's sweep into workdir/name and reads it.
 
-  Returns the record of `evaluate_run` and, for gpt, the rows of `layer_attention` (else []).
+  Returns runs.csv's rows of the model; for gpt the rows of `layer_attention` per
+  seed (else []; kept in the sweep's folder and read back by a rerun); each run's
+  entry of summary.json's "runs"; the model's entry of its "sweeps".
   """
-  run_dir = os.path.join(workdir, name, f"seed{seed}")
-  record_path, layers_path = os.path.join(run_dir, "ood_rows.json"), os.path.join(run_dir, "attention_by_layer.json")
-  config = run_config(name, seed)
-  record = layers = None
-  if os.path.exists(record_path):
-    record = files.read_json(record_path)
-    if record.get("config") != files.to_builtin(config.to_dict()) or record.get("evaluation") != _evaluation():
-      raise icl_theory.ConfigError(f"workdir={workdir!r} holds {name} seed {seed} of other settings: "
-                                   "use a new --workdir")
-    if os.path.exists(layers_path) and files.read_json(layers_path)["settings"] == _layer_settings():
-      layers = files.read_json(layers_path)["rows"]
-  wants_layers = config.model == "gpt"
-  if record is not None and (layers is not None or not wants_layers):
-    logging.info("%s seed %d: read back from %s", name, seed, run_dir)
-    return record, layers or []
-  result = icl_theory.train(config, run_dir)
-  if record is None:
-    t0 = time.perf_counter()
-    rows = evaluate_run(result, config)
-    summary = result.summary
-    record = {"model": name, "seed": seed, "description": classification.describe_model(config),
-              "config": config.to_dict(), "evaluation": _evaluation(),
-              "final_train_loss": summary["final_train_loss"], "steps": summary["steps"],
-              "train_seconds": summary["train_seconds"], "eval_seconds": time.perf_counter() - t0,
-              "rows": [{"model": name, "seed": seed, **row} for row in rows]}
-    files.write_json(record_path, record)
-    logging.info("%s seed %d: trained and evaluated (%.0f s evaluating)", name, seed, record["eval_seconds"])
-  if wants_layers:
-    layers = [{"model": name, "seed": seed, **row} for row in layer_attention(result, config)]
-    files.write_json(layers_path, {"settings": _layer_settings(), "rows": layers})
-  return record, layers or []
+  sweep_dir = os.path.join(workdir, name)
+  config = sweep_config(name, seeds)
+  t0 = time.perf_counter()
+  rows = icl_theory.run_sweep(config, sweep_dir)
+  sweep_seconds = time.perf_counter() - t0
+  seed_list = [config.base.seed + i for i in range(seeds)]
+  loaded = {seed: icl_theory.load_run(sweep_dir, {"seed": seed}) for seed in seed_list}
+  layers = []
+  if config.base.model == "gpt":
+    path = os.path.join(sweep_dir, _LAYER_FILE)
+    settings = {**_layer_settings(), "seeds": seed_list}
+    if os.path.exists(path) and files.read_json(path)["settings"] == settings:
+      layers = files.read_json(path)["rows"]
+    else:
+      layers = [{"model": name, "seed": seed, **row} for seed in seed_list for row in layer_attention(loaded[seed])]
+      files.write_json(path, {"settings": settings, "rows": layers})
+  finished = {seed for seed in seed_list if loaded[seed].summary[0]["status"] == "finished"}
+  layers = [row for row in layers if row["seed"] in finished]
+  runs = [{"model": name, "seed": seed, "description": classification.describe_model(loaded[seed].config),
+           **{k: loaded[seed].summary[0][k] for k in ("final_train_loss", "steps", "status")}} for seed in seed_list]
+  history = loaded[seed_list[0]].history
+  record = {"model": name, "workdir": name, "runs": len(seed_list), "evaluation_points": len(ALPHAS) * len(S1S),
+            # The seeds train together, as one group: its training time (of the process that last trained it).
+            "train_seconds": history[-1]["elapsed_seconds"] if history else None,
+            "seconds_this_process": sweep_seconds}
+  logging.info("%s: %d runs x %d evaluation points in %s (%.0f s in this process)", name, len(seed_list),
+               record["evaluation_points"], sweep_dir, sweep_seconds)
+  return sweep_rows(name, rows), layers, runs, record
 
 
 def aggregate_layers(rows: list[dict]) -> list[dict]:
@@ -249,17 +277,17 @@ def main(argv) -> None:
   if _OUT.value and os.path.isfile(_OUT.value):
     print(f"error: out={_OUT.value!r} is not allowed: a folder, not a file", file=sys.stderr)
     sys.exit(2)
+  sharding.use_cpu_cores()  # one CPU device per core: a sweep group's runs are split over them
   t_start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
     workdir = _WORKDIR.value or tmp
     try:
-      done = [run_model(name, seed, workdir) for name in MODELS for seed in range(_SEEDS.value)]
+      done = [run_model(name, _SEEDS.value, workdir) for name in MODELS]
     except icl_theory.ConfigError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)
-  records = [record for record, _ in done]
-  rows = [row for record in records for row in record["rows"]]
-  by_layer = aggregate_layers([row for _, layers in done for row in layers])
+  rows = [row for model_rows, _, _, _ in done for row in model_rows]
+  by_layer = aggregate_layers([row for _, layers, _, _ in done for row in layers])
   by_s1, by_alpha = aggregate(rows, "ood_by_s1"), aggregate(rows, "error_by_alpha")
   target = os.path.join(_OUT.value, "ood")
   os.makedirs(target, exist_ok=True)
@@ -275,7 +303,8 @@ def main(argv) -> None:
                                 "config_changes": changes} for name, changes in MODELS.items()}}
   files.write_json(os.path.join(target, "summary.json"), {
       "settings": settings, "verdicts": found,
-      "runs": [{k: v for k, v in record.items() if k not in ("rows", "config", "evaluation")} for record in records],
+      "runs": [run for _, _, runs, _ in done for run in runs],
+      "sweeps": [record for _, _, _, record in done],
       "wall_seconds_this_process": time.perf_counter() - t_start})  # a resumed run: only what it redid
   plots.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"), [r for r in rows if r["table"] == "ood_by_s1"])
   plots.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))

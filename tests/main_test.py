@@ -32,6 +32,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, flag, named):
   assert not os.path.exists(tmp_path / "summary.json")
 
 
+@pytest.mark.slow
 def test_divergence_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
   proc = _main("--config.learning_rate=1e6", f"--workdir={tmp_path}")
   assert proc.returncode == 1
@@ -40,6 +41,7 @@ def test_divergence_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
   assert len(errors) == 1 and "diverged" in errors[0] and "learning_rate" in errors[0]
 
 
+@pytest.mark.slow
 def test_a_short_run_prints_learned_against_analytic(tmp_path):
   proc = _main("--config.d=2", "--config.n=6", "--config.steps=300", "--config.warmup_steps=10",
                "--config.eval_samples=5000", f"--workdir={tmp_path}")
@@ -51,6 +53,7 @@ def test_a_short_run_prints_learned_against_analytic(tmp_path):
   assert summary["config"]["d"] == 2 and summary["steps"] == 300
 
 
+@pytest.mark.slow
 def test_no_workdir_means_a_fresh_folder(tmp_path):
   proc = _main("--config.d=2", "--config.n=4", "--config.steps=20", "--config.warmup_steps=2",
                "--config.eval_samples=1000", cwd=tmp_path)

@@ -3,6 +3,8 @@
 import os
 import re
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -11,6 +13,7 @@ def _readme() -> str:
     return f.read()
 
 
+@pytest.mark.slow
 def test_python_example_runs(tmp_path, monkeypatch):
   blocks = re.findall(r"```python\n(.*?)```", _readme(), flags=re.S)
   assert blocks, "the README has a Python example"

@@ -10,12 +10,14 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config.d=3", "--config.n=10", "--config.steps=1200", "--config.log_every=100",
         "--config.checkpoint_every=200", "--config.eval_samples=20000"]
 # Bookkeeping that legitimately differs between a resumed run and an uninterrupted one.
-TIMINGS = {"wall_seconds", "compile_seconds", "train_seconds", "prompts_per_second", "resumed_from_step"}
+TIMINGS = {"wall_seconds", "compile_seconds", "train_seconds", "eval_seconds", "prompts_per_second",
+           "resumed_from_step"}
 
 
 def _command(workdir):
@@ -43,6 +45,7 @@ def _kill_after_checkpoint(workdir, step):
   proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
   kill_after = 600
   full, killed = tmp_path / "full", tmp_path / "killed"

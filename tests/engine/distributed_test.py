@@ -1,7 +1,7 @@
 """Beyond one device: data-parallel training on 4 CPU devices, and a sweep over 2 processes.
 
 The 4-device checks run in a child process (XLA_FLAGS must be set before JAX
-starts): `python tests/distributed_test.py data_parallel` prints a JSON line.
+starts): `python tests/engine/distributed_test.py data_parallel` prints a JSON line.
 """
 
 import json
@@ -16,8 +16,9 @@ import pytest
 from icl_theory.engine import distributed
 from icl_theory.engine.validation import ConfigError
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grid_test import GRID_FLAGS, REPO, _csv  # noqa: E402  (the sweep tests' 8-run grid)
+# The repository root, for the children that run this file as a script (pytest puts it on the path itself).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.engine.sweep_test import GRID_FLAGS, REPO, _csv  # noqa: E402  (the sweep tests' 8-run grid)
 
 # The children run on CPU devices (also where a GPU is installed): multi-device and multi-process
 # mechanics on forced host devices and gloo collectives.
@@ -39,11 +40,12 @@ def _data_parallel_child() -> None:
   cases = {"lsa_wishart": (lsa, lsa_regression, {"sampler": "wishart"}),
            "lsa_tokens": (lsa, lsa_regression, {"sampler": "tokens", "n": 10}),
            "classification": (classify, classification, {"batch_size": 64, "learning_rate": 1.0})}
-  for name, (configs, experiment, changes) in cases.items():
+  for name, (configs, module, changes) in cases.items():
     config = configs.get_config()
     config.update(steps=60, warmup_steps=10, log_every=5, checkpoint_every=0, **changes)
+    experiment = module.EXPERIMENT
     task = experiment.build_task(config)
-    objective = experiment.make_objective(task, config)
+    objective = experiment.objective(task, config, 1)  # a single run's objective
     optimizer, schedule = trainer.optimizer_from_config(config)
     settings = trainer.LoopSettings.from_config(config)
     for data_parallel in (False, True):
@@ -90,6 +92,7 @@ def data_parallel_runs(tmp_path_factory):
   return json.loads(child.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["lsa_wishart", "lsa_tokens", "classification"])
 def test_data_parallel_training_matches_one_device(data_parallel_runs, case):
   one, four = data_parallel_runs[f"{case}/False"], data_parallel_runs[f"{case}/True"]
@@ -104,10 +107,12 @@ def test_data_parallel_training_matches_one_device(data_parallel_runs, case):
   assert one["loss"][-1] < 0.97 * one["loss"][0]
 
 
+@pytest.mark.slow
 def test_the_sampler_draws_a_quarter_of_the_batch_on_each_device(data_parallel_runs):
   assert data_parallel_runs["sampler_entries_shard_shape"] == [data_parallel_runs["sampler_num_entries"], 256]
 
 
+@pytest.mark.slow
 def test_a_group_checkpointed_on_one_device_resumes_on_four(data_parallel_runs):
   resumed = data_parallel_runs["resume_across_devices"]
   assert resumed["resumed_from"] == 10 and resumed["num_runs"] == 3
@@ -137,6 +142,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_single_process_table(tmp_path):
   alone = subprocess.run([sys.executable, "-m", "icl_theory.sweep", *GRID_FLAGS, f"--workdir={tmp_path / 'one'}"],
                          cwd=REPO, capture_output=True, text=True, env=CPU)
@@ -196,6 +202,7 @@ def _connect_child() -> None:
                     "devices": jax.device_count(), "local": jax.local_device_count()}))
 
 
+@pytest.mark.slow
 def test_srun_is_detected_without_flags():
   # What srun would set for a 2-task step on this host; the port as JAX_COORDINATOR_PORT.
   env = {**CPU, "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",

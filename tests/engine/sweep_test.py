@@ -13,6 +13,7 @@ import pytest
 import icl_theory
 from icl_theory.engine import sweep as grid
 from icl_theory.configs import sweep as sweep_config
+from icl_theory.regression.experiment import EXPERIMENT
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The 8-run grid, with a short training budget.
@@ -54,19 +55,22 @@ def _assert_same_table(path_a, path_b):
   a, b = list(csv.DictReader(open(path_a))), list(csv.DictReader(open(path_b)))
   assert len(a) == len(b)
   for row_a, row_b in zip(a, b):
-    for key in grid.COORDINATES + ("status", "steps"):
+    for key in grid.coordinate_fields(EXPERIMENT, _config()) + ("status", "steps"):
       assert row_a[key] == row_b[key], key
-    for key in grid.METRICS:
+    for key in EXPERIMENT.metrics:
       if key not in ("status", "steps"):
         # atol: differences of O(1) risks (excess_risk) carry absolute float32 error, 16 ulp of 1.
         np.testing.assert_allclose(float(row_a[key]), float(row_b[key]), rtol=2e-5, atol=16 * 2**-23, err_msg=key)
 
 
 def test_expand_grid_is_every_combination_in_order():
-  runs = grid.expand_grid(_config())
+  config = _config()
+  runs = grid.expand_grid(EXPERIMENT, config)
   assert len(runs) == 8
-  assert [(r.n, r.cov_x, r.seed) for r in runs[:3]] == [(4, "identity", 0), (4, "identity", 1), (4, "geometric:10", 0)]
-  assert {r.group for r in runs} == {"n4-linear", "n16-linear"}
+  assert [(r.config(config.base).n, r.config(config.base).cov_x, r.seed) for r in runs[:3]] == [
+      (4, "identity", 0), (4, "identity", 1), (4, "geometric:10", 0)]
+  plan = grid.plan(EXPERIMENT, config)
+  assert {plan.names[plan.group_of[r]] for r in runs} == {"n4-linear", "n16-linear"}
 
 
 @pytest.mark.parametrize("field, value, named", [
@@ -80,23 +84,24 @@ def test_expand_grid_is_every_combination_in_order():
 ])
 def test_bad_grid_is_refused_before_training(tmp_path, field, value, named):
   with pytest.raises(icl_theory.ConfigError, match=named.replace("(", r"\(").replace(")", r"\)")):
-    icl_theory.sweep(_config(**{field: value}), str(tmp_path))
+    icl_theory.run_sweep(_config(**{field: value}), str(tmp_path))
   assert not os.path.exists(tmp_path / "groups")
 
 
+@pytest.mark.slow
 def test_sweep_table_figures_and_rows_match_single_runs(tmp_path):
-  rows = icl_theory.sweep(_config(), str(tmp_path))
+  rows = icl_theory.run_sweep(_config(), str(tmp_path))
   table = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert len(table) == len(rows) == 8
-  for column in ("n", "cov_x", "cov_w", "noise_std", "response", "seed", "gamma_rel_error", "learned_risk",
-                 "model_risk_mc", "optimal_risk", "one_step_gd_risk", "preconditioned_gd_risk", "ridge_risk",
-                 "ols_risk", "final_train_loss", "steps", "status"):
+  for column in ("n", "cov_x", "cov_w", "noise_std", "response", "num_layers", "seed", "gamma_rel_error",
+                 "learned_risk", "model_risk_mc", "optimal_risk", "one_step_gd_risk", "preconditioned_gd_risk",
+                 "ridge_risk", "ols_risk", "final_train_loss", "steps", "status"):
     assert column in table[0], column
   assert all(row["status"] == "finished" for row in table)
   for name in ("risk_vs_n.png", "gamma_spectrum.png", "gamma_rel_error.png"):
     assert os.path.getsize(tmp_path / "figures" / name) > 10_000
   # A row of the vmapped group equals the same run trained alone (within float tolerance).
-  run = grid.expand_grid(_config())[3]  # n=4, geometric:10, seed 1
+  run = grid.expand_grid(EXPERIMENT, _config())[3]  # n=4, geometric:10, seed 1
   alone = icl_theory.train(run.config(_config().base), str(tmp_path / "alone")).summary
   for key in ("learned_risk", "model_risk_mc", "ridge_risk", "ols_risk"):
     np.testing.assert_allclose(rows[3][key], alone[key], rtol=2e-4, err_msg=key)
@@ -111,6 +116,7 @@ def test_sweep_table_figures_and_rows_match_single_runs(tmp_path):
   assert np.linalg.norm(other_seed - single) > 2e-2 * np.linalg.norm(single)
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
   # CPU devices (also where a GPU is installed): one, or four forced host devices.
   cpu = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -140,26 +146,28 @@ def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
   assert _csv(killed / "results.csv") == _csv(tmp_path / "one" / "results.csv")
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_groups_and_other_configs_are_refused(tmp_path):
   config = _config(n_values=(4,), cov_x_values=("identity",), num_seeds=1)
-  first = icl_theory.sweep(config, str(tmp_path))
+  first = icl_theory.run_sweep(config, str(tmp_path))
   table = _csv(tmp_path / "results.csv")
   group = tmp_path / "groups" / "n4-linear"
   written = {p: os.stat(p).st_mtime_ns for p in [group / "rows.json", group / "metrics.jsonl"]}
-  again = icl_theory.sweep(config, str(tmp_path))
+  again = icl_theory.run_sweep(config, str(tmp_path))
   # Nothing retrained: the group's rows are read back and its files are left as they were.
   assert {p: os.stat(p).st_mtime_ns for p in written} == written
   assert _csv(tmp_path / "results.csv") == table and again[0]["gamma_rel_error"] == first[0]["gamma_rel_error"]
   with pytest.raises(icl_theory.ConfigError, match="different config.*--overwrite"):
-    icl_theory.sweep(_config(n_values=(5,), cov_x_values=("identity",), num_seeds=1), str(tmp_path))
+    icl_theory.run_sweep(_config(n_values=(5,), cov_x_values=("identity",), num_seeds=1), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_marked_and_the_others_finish(tmp_path):
   # SGD at a fixed rate, unclipped: stable for unit covariates, unstable for covariates 30 times larger.
   config = _config(n_values=(4,), cov_x_values=("identity", "diag:30,30,30"), num_seeds=1,
                    **{"base.optimizer": "sgd", "base.learning_rate": 0.01, "base.schedule": "constant",
                       "base.clip_norm": 0.0})
-  rows = icl_theory.sweep(config, str(tmp_path))
+  rows = icl_theory.run_sweep(config, str(tmp_path))
   assert rows[0]["status"] == "finished" and rows[0]["gamma_rel_error"] < 0.5
   assert rows[1]["status"].startswith("diverged at step") and rows[1]["gamma_rel_error"] is None
   table = list(csv.DictReader(open(tmp_path / "results.csv")))

@@ -29,6 +29,7 @@ def _fit(settings, workdir=None, **kw):
   return trainer.fit(objective, optimizer, schedule, settings, seed=3, task=task, workdir=workdir)
 
 
+@pytest.mark.slow
 def test_chunking_does_not_change_the_result():
   one = _fit(trainer.LoopSettings(steps=40, log_every=40, checkpoint_every=0))
   many = _fit(trainer.LoopSettings(steps=40, log_every=7, checkpoint_every=0))
@@ -42,6 +43,7 @@ def test_training_lowers_the_loss_towards_the_optimum():
   assert result.history[-1]["loss"] < 0.5 * (2.0 + 6 / 7)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_is_bit_exact(tmp_path):
   settings = trainer.LoopSettings(steps=40, log_every=10, checkpoint_every=20)
   full = _fit(settings, workdir=str(tmp_path / "full"))
@@ -91,6 +93,7 @@ def test_make_optimizer_rejects_unknown_names():
     trainer.make_optimizer("adam", 0.1, 10, 1, "linear")
 
 
+@pytest.mark.slow
 def test_group_equals_runs_trained_one_by_one():
   objective, optimizer, schedule, _ = _setup(steps=60)
   settings = trainer.LoopSettings(steps=60, log_every=20, checkpoint_every=0)
@@ -122,6 +125,7 @@ def test_a_diverged_run_is_marked_and_the_others_go_on():
   assert np.isnan(result.history[-1]["loss"][1]) and result.history[-1]["loss"][0] == np.mean(np.arange(21, 31))
 
 
+@pytest.mark.slow
 def test_programs_compiled_ahead_on_another_thread_train_the_same_runs(tmp_path):
   objective, optimizer, schedule, _ = _setup(steps=60)
   settings = trainer.LoopSettings(steps=60, log_every=20, checkpoint_every=30)

@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from icl_theory.regression import baselines
 from icl_theory.regression import theory
@@ -258,6 +259,7 @@ class StepSizeSearchTest(absltest.TestCase):
     self.assertLessEqual(found.risk, float(risks.min()) * (1 + 1e-5))
     self.assertGreater(found.lr, 0.0)
 
+  @pytest.mark.slow
   def test_best_risk_falls_with_more_steps_when_n_exceeds_d(self):
     # n = 20 >> d = 3: more steps move GD towards least squares, nearly Bayes here. Step sizes are
     # searched on one key, risks compared on another, paired on the same prompts.

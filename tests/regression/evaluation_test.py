@@ -79,6 +79,7 @@ def test_compare_for_a_deep_lsa_leaves_gamma_fields_empty():
   assert np.isfinite(out["model_risk_mc"])
 
 
+@pytest.mark.slow
 def test_evaluate_group_on_programs_compiled_ahead_on_another_thread():
   # Two runs on one task and one on another: the reference program sees the two distinct tasks.
   tasks = [TASK, TASK, RegressionTask(d=3, n=12, cov_x="identity", noise_std=0.4)]

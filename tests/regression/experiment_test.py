@@ -31,6 +31,7 @@ def _rel_error(a, b):
 
 
 # Each case: a trained layer's Gamma_eff within 3% (relative Frobenius) of the theorem's optimum.
+@pytest.mark.slow
 @pytest.mark.parametrize("fields, closed_form", [
     # Isotropic with noise: one step of GD, eta* = n / (n + d + 1 + sigma^2).
     (dict(noise_std=0.5), lambda t: 10 / (10 + 3 + 1 + 0.25) * np.eye(3)),
@@ -52,6 +53,7 @@ def test_trained_layer_reaches_the_closed_form_optimum(tmp_path, fields, closed_
   assert result.summary["p_x_rel"] < 0.03 and result.summary["q21_rel"] < 0.03
 
 
+@pytest.mark.slow
 def test_nonlinear_response_still_learns_plain_gd(tmp_path):
   result = icl_theory.train(_config(response="relu"), str(tmp_path))
   eta_f = theory.optimal_gd_lr_mc(result.task, jax.random.PRNGKey(11), 1_000_000)
@@ -59,6 +61,7 @@ def test_nonlinear_response_still_learns_plain_gd(tmp_path):
   assert _rel_error(_gamma(result), float(eta_f.value) * np.eye(3)) < 0.03
 
 
+@pytest.mark.slow
 def test_abs_response_learns_zero(tmp_path):
   # E[|w^T x| x] = 0: the best GD step is 0. "~0" at the 3% scale of the linear task's eta* I.
   result = icl_theory.train(_config(response="abs"), str(tmp_path))
@@ -83,6 +86,7 @@ def test_summary_and_outputs(tmp_path):
   assert summary["gamma_rel_error"] == result.summary["gamma_rel_error"]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_reproduces(tmp_path):
   config = _config(steps=200, log_every=100, checkpoint_every=100)
   first = icl_theory.train(config, str(tmp_path))
@@ -92,6 +96,7 @@ def test_rerun_resumes_and_reproduces(tmp_path):
     assert again.summary[key] == first.summary[key]
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused(tmp_path):
   short = dict(steps=50, log_every=50, warmup_steps=5)
   icl_theory.train(_config(**short), str(tmp_path))
@@ -117,6 +122,7 @@ def test_frozen_vanishing_parts_need_a_zero_start():
     lsa_regression.validate_config(_config(freeze_vanishing_parts=True, vanishing_init_scale=0.01))
 
 
+@pytest.mark.slow
 def test_frozen_vanishing_parts_stay_zero_and_reach_the_optimum(tmp_path):
   # Explicit tokens, so that p_x and q21 would get noisy gradients if they were trained.
   result = icl_theory.train(_config(noise_std=0.5, sampler="tokens", freeze_vanishing_parts=True, steps=1000),
@@ -125,6 +131,7 @@ def test_frozen_vanishing_parts_stay_zero_and_reach_the_optimum(tmp_path):
   assert _rel_error(_gamma(result), 10 / (10 + 3 + 1 + 0.25) * np.eye(3)) < 0.03
 
 
+@pytest.mark.slow
 def test_two_layers_beat_two_steps_of_gd(tmp_path):
   # Beyond the paper: a trained 2-layer LSA against 2 steps of GD at their best step size.
   result = icl_theory.train(_config(noise_std=0.5, num_layers=2, learning_rate=0.01), str(tmp_path))
@@ -144,11 +151,12 @@ def test_wishart_sampler_needs_a_linear_response():
   assert lsa_regression.validate_config(_config(sampler="auto", response="tanh")).response == "tanh"
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_numbers(tmp_path):
   config = _config(steps=300, log_every=100, warmup_steps=10)
   a = icl_theory.train(config, str(tmp_path / "a")).summary
   b = icl_theory.train(config, str(tmp_path / "b")).summary
-  timings = {"wall_seconds", "compile_seconds", "train_seconds", "prompts_per_second"}
+  timings = {"wall_seconds", "compile_seconds", "train_seconds", "eval_seconds", "prompts_per_second"}
   assert {k: v for k, v in a.items() if k not in timings} == {k: v for k, v in b.items() if k not in timings}
   config.seed = 1
   c = icl_theory.train(config, str(tmp_path / "c")).summary
