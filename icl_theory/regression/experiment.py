@@ -144,11 +144,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"prediction_gap_mse  {summary['prediction_gap_mse']:.2e}"]
   if summary.get("p_x_rel") is not None:
     lines.append(f"|p_x|/|p_y|         {summary['p_x_rel']:.2e}    |q21|/|Q11| {summary['q21_rel']:.2e}")
+  config = summary["config"]
+  # Noiseless linear data with n >= d: the context determines w, so ridge and OLS predict exactly.
+  exact = (config["noise_std"] == 0 and config["response"] == "linear" and config["n"] >= config["d"])
+  why = "    (exact: noiseless data and n >= d determine w)" if exact else ""
   lines += ["", "baseline risks:",
             f"  one-step GD (eta={summary['one_step_gd_lr']:.4f})  {summary['one_step_gd_risk']:.4f}",
             f"  preconditioned GD (Gamma*) {summary['preconditioned_gd_risk']:.4f}",
-            f"  ridge / Bayes              {summary['ridge_risk']:.4f} +- {summary['ridge_risk_stderr']:.4f}",
-            f"  OLS                        {summary['ols_risk']:.4f} +- {summary['ols_risk_stderr']:.4f}",
+            f"  ridge / Bayes              {summary['ridge_risk']:.4f} +- {summary['ridge_risk_stderr']:.4f}{why}",
+            f"  OLS                        {summary['ols_risk']:.4f} +- {summary['ols_risk_stderr']:.4f}{why}",
             "",
             f"{summary['steps']} steps ({summary['sampler']} sampler), "
             f"{num(summary['prompts_per_second'], '.3g')} prompts/s, "

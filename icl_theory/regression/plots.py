@@ -47,6 +47,17 @@ _BASELINES = (("optimal_risk", "$R^*$ (preconditioned GD, $\\Gamma^*$)", "k", "-
               ("ols_risk", "OLS", "C4", (0, (1, 3))))
 
 
+def _plain_log_ticks(axis) -> None:
+  """Tick labels of a log axis as plain numbers (0.5, 2, 20), not 5x10^-1."""
+  def label(value: float, _) -> str:
+    low, high = sorted(axis.get_view_interval())
+    mantissa = round(value / 10 ** np.floor(np.log10(value)), 6)
+    # A narrow axis (under a factor 5) labels every tick, a wide one only 1, 2 and 5 of each decade.
+    return f"{value:.3g}" if high / max(low, 1e-30) < 5 or mantissa in (1.0, 2.0, 5.0) else ""
+  axis.set_major_formatter(matplotlib.ticker.FuncFormatter(label))
+  axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(label))
+
+
 def _setting(row: dict) -> str:
   """The grid coordinates other than n and seed, as a panel title."""
   parts = [f"cov_x={row['cov_x']}"]
@@ -101,12 +112,18 @@ def plot_sweep(rows: Sequence[dict], directory: str) -> None:
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     # Noiseless data put ridge and OLS at ~0 risk once n >= d: keep the axis on the LSA.
     ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.05 * low.min()))
+    _plain_log_ticks(ax.yaxis)
+    if all(float(r["noise_std"]) == 0 for r in settings[name]):
+      ax.text(0.02, 0.02, "noiseless: ridge and OLS are exact (risk 0,\noff the axis) where n >= d", fontsize=7,
+              transform=ax.transAxes, va="bottom")
     ax.set_xlabel("prompt length n")
     ax.set_ylabel("risk")
     ax.set_title(name, fontsize=9)
   for ax in list(axes.flat)[len(names):]:
     ax.axis("off")
-  axes.flat[0].legend(fontsize=7)
+  # One legend for every panel (they share their lines), below them.
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=8)
   _save(fig, f"{directory}/risk_vs_n.png")
 
   # Singular values of Gamma_eff (points, each seed) against those of Gamma* (lines), per setting.
@@ -122,7 +139,9 @@ def plot_sweep(rows: Sequence[dict], directory: str) -> None:
           learned = np.linalg.svd(np.asarray(r["effective_gamma"]), compute_uv=False)
           ax.plot(range(1, learned.size + 1), learned, "o", color=color, ms=4, mfc="none")
     ax.set_yscale("log")
-    ax.set_xlabel("index")
+    _plain_log_ticks(ax.yaxis)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("index (largest first)")
     ax.set_ylabel("singular value")
     ax.set_title(f"{name}\nlines $\\Gamma^*$, circles $\\Gamma_{{eff}}$", fontsize=9)
   for ax in list(axes.flat)[len(names):]:
@@ -139,7 +158,7 @@ def plot_sweep(rows: Sequence[dict], directory: str) -> None:
                 if int(r["n"]) == n and r.get("gamma_rel_error") is not None]
       if errors:
         table[i, j] = np.mean(errors)
-  fig, ax = plt.subplots(figsize=(1.2 * len(ns) + 3.5, 0.6 * len(names) + 1.6), layout="constrained")
+  fig, ax = plt.subplots(figsize=(1.2 * len(ns) + 4.5, 0.6 * len(names) + 1.6), layout="constrained")
   image = ax.imshow(table, cmap="viridis", aspect="auto")
   ax.set_xticks(range(len(ns)), [str(n) for n in ns])
   ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -148,7 +167,8 @@ def plot_sweep(rows: Sequence[dict], directory: str) -> None:
     if np.isfinite(value):
       ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="w" if value < np.nanmax(table) / 2 else "k",
               fontsize=8)
-  fig.colorbar(image, ax=ax, label="gamma_rel_error (mean over seeds)")
+  colorbar = fig.colorbar(image, ax=ax)
+  colorbar.set_label("gamma_rel_error\n(mean over seeds)", fontsize=9)
   _save(fig, f"{directory}/gamma_rel_error.png")
 
 
