@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from icl_theory.engine import run as runs
-from icl_theory.engine import progress, sharding, sweep as sweeps, workdir as workdirs
+from icl_theory.engine import compile_cache, progress, sharding, sweep as sweeps, workdir as workdirs
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.validation import check_choice
 
@@ -56,8 +56,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
   Returns a `RunResult`: `.summary` (the summary.json dict), `.params`, `.task`,
   `.history`, `.workdir`. Rerunning on the same workdir resumes. `verbose`: print
   progress lines (Python's logging, to stderr unless logging is set up already).
+  Turns on JAX's persistent compilation cache (`engine.compile_cache`).
   """
   experiment = of(config)
+  compile_cache.enable()
   with progress.shown(verbose):
     return runs.train(experiment, config, workdir or workdirs.default_workdir(experiment.name), overwrite)
 
@@ -65,6 +67,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False,
               verbose: bool = True) -> list[dict[str, Any]]:
   """Trains every run of a sweep config's grid into `workdir` (resumable); returns results.csv's rows."""
+  compile_cache.enable()
   with progress.shown(verbose):
     return sweeps.sweep(of(config), config, workdir or workdirs.default_workdir("sweep"), overwrite)
 

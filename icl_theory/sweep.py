@@ -22,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from icl_theory import cli, experiments
-from icl_theory.engine import distributed, sharding, sweep, workdir as workdirs
+from icl_theory.engine import compile_cache, distributed, sharding, sweep, workdir as workdirs
 from icl_theory.engine.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(cli.CONFIGS_DIR, "sweep.py")
@@ -51,6 +51,7 @@ def main(argv) -> None:
       raise ConfigError("workdir=None is not allowed with several processes: give every process the same "
                         "--workdir on a file system they share")
     workdir = _WORKDIR.value or workdirs.default_workdir("sweep")
+    compile_cache.enable()
     rows = sweep.sweep(experiment, _CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except ConfigError as error:
     cli.fail(str(error))
