@@ -253,21 +253,29 @@ def large_neurons(params: Any, task: ClassificationTask, config: ml_collections.
 
 
 def headline(params: Any, task: ClassificationTask, config: ml_collections.ConfigDict,
-             key: jax.Array) -> dict[str, Any]:
+             key: jax.Array, memo: dict | None = None) -> dict[str, Any]:
   """One run's headline figures (a sweep's row, the top of summary.json), from its evaluation key `key`.
 
   For each domain, the `Evaluator` outputs at (test_prompt_len, alpha_test), out of
   domain with the patterns at config.s1 (`ood_task`); the large neurons' alignment.
+  `memo` (one dict per run) keeps each domain's figures across evaluation points:
+  the training and unseen tasks do not depend on s1, so a sweep over s1 measures them once.
   """
   evaluator = evaluator_for(config)
   keys = domain_keys(key)
   l_test, alpha_test = int(config.test_prompt_len), float(config.alpha_test)
-  tasks = {"train": task, "unseen": task, "ood": ood_task(task, config)}
-  out: dict[str, Any] = {"eval_prompts": evaluator.num_samples,
-                         "alpha_test_effective": num_same(l_test, alpha_test) / l_test}
+  same = num_same(l_test, alpha_test)
+  memo = {} if memo is None else memo
+  out: dict[str, Any] = {"eval_prompts": evaluator.num_samples, "alpha_test_effective": same / l_test}
   for domain, prefix in PREFIXES.items():
-    out.update(evaluator(params, tasks[domain], keys[domain], l_test, alpha_test, domain, prefix))
-  out.update(large_neurons(params, task, config))
+    at = (id(evaluator), domain, l_test, same, float(np.float32(config.s1)) if domain == "ood" else None)
+    if at not in memo:
+      domain_task = ood_task(task, config) if domain == "ood" else task
+      memo[at] = evaluator(params, domain_task, keys[domain], l_test, alpha_test, domain, prefix)
+    out.update(memo[at])
+  if "large_neurons" not in memo:
+    memo["large_neurons"] = large_neurons(params, task, config)
+  out.update(memo["large_neurons"])
   return out
 
 
@@ -405,9 +413,17 @@ class Classification(Experiment):
   def evaluate(self, params: Any, tasks: ClassificationTask, configs: Sequence[ml_collections.ConfigDict],
                keys: jax.Array, compiled: Any = None) -> list[dict[str, Any]]:
     """`headline` of each run r: its slice of the stacked params and tasks, at configs[r], from keys[r]."""
+    return self.evaluate_points(params, tasks, [configs], keys, compiled)[0]
+
+  def evaluate_points(self, params: Any, tasks: ClassificationTask,
+                      configs_by_point: Sequence[Sequence[ml_collections.ConfigDict]], keys: jax.Array,
+                      compiled: Any = None) -> list[list[dict[str, Any]]]:
+    """`headline` at every point, each run's figures shared across the points where they cannot differ."""
     params, tasks, keys = jax.device_get((params, tasks, keys))
     run = lambda tree, r: jax.tree.map(lambda x: x[r], tree)
-    return [headline(run(params, r), run(tasks, r), config, keys[r]) for r, config in enumerate(configs)]
+    memos = [{} for _ in range(len(keys))]
+    return [[headline(run(params, r), run(tasks, r), config, keys[r], memos[r]) for r, config in enumerate(configs)]
+            for configs in configs_by_point]
 
   def details(self, params: Any, task: ClassificationTask, config: ml_collections.ConfigDict,
               key: jax.Array) -> dict[str, Any]:

@@ -91,6 +91,17 @@ class Experiment:
     """
     raise NotImplementedError
 
+  def evaluate_points(self, params: Params, tasks: Task, configs_by_point: Sequence[Sequence[Config]],
+                      keys: jax.Array, compiled: Any = None) -> list[list[dict[str, Any]]]:
+    """`evaluate` at several evaluation points ([point][run] configs -> [point][run] dicts).
+
+    The default calls `evaluate` once per point (`compiled` serves the first); an
+    experiment overrides it where points share work (a figure that does not depend
+    on the point's field).
+    """
+    return [self.evaluate(params, tasks, configs, keys, compiled if i == 0 else None)
+            for i, configs in enumerate(configs_by_point)]
+
   def details(self, params: Params, task: Task, config: Config, key: jax.Array) -> dict[str, Any]:
     """Extra figures of a single run's summary.json (tables over test settings, ...); none by default."""
     return {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -121,16 +120,13 @@ class Group:
     """The experiment's metrics of every run at every evaluation point: [point][run] -> dict.
 
     Each point's values are set on the runs' configs (evaluation-only fields). The
-    first point reuses the programs `compile` started; the others compile their own.
+    programs `compile` started serve the first point; the experiment compiles the rest.
     """
     keys = np.stack([np.asarray(eval_key(seed)) for seed in self.seeds])
-    out = []
-    for i, point in enumerate(eval_points):
-      where = f" at {', '.join(f'{k}={v}' for k, v in point.items())}" if point else ""
-      what = self._what(f"evaluating {len(self.configs)} run{'s' if len(self.configs) > 1 else ''}{where}")
-      configs = [with_fields(config, point) if point else config for config in self.configs]
-      compiled = self.evaluation.result() if (i == 0 and self.evaluation is not None) else None
-      evaluate = precision.scoped(functools.partial(self.experiment.evaluate, compiled=compiled))
-      with progress.timed(what):
-        out.append(evaluate(params, self.tasks, configs, keys))
-    return out
+    configs_by_point = [[with_fields(config, point) if point else config for config in self.configs]
+                        for point in eval_points]
+    compiled = self.evaluation.result() if self.evaluation is not None else None
+    points = f" at {len(eval_points)} evaluation points" if len(eval_points) > 1 else ""
+    what = self._what(f"evaluating {len(self.configs)} run{'s' if len(self.configs) > 1 else ''}{points}")
+    with progress.timed(what):
+      return precision.scoped(self.experiment.evaluate_points)(params, self.tasks, configs_by_point, keys, compiled)
