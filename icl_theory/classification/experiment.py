@@ -229,7 +229,7 @@ def ood_task(task: ClassificationTask, config: ml_collections.ConfigDict) -> Cla
 
 
 def neuron_alignment(params: Any, task: ClassificationTask) -> dict[str, float]:
-  """How the large neurons of W_O W_V read a token (THEORY claim 4).
+  """How the large neurons of W_O W_V read a token (docs/theory.md claim B4).
 
   Over the quarter of the rows with the largest norm: the mean cosine of their
   first d_x entries with the mean IDR pattern, and of their last d_y entries

@@ -7,7 +7,7 @@ of training, from a script or a notebook:
 
   attention_statistics  the attention mass on the contexts that share the query's
                         relevant pattern, and the norms of W_Q p_query and W_K p_i
-                        (same pattern / other pattern): THEORY claim 4, attention
+                        (same pattern / other pattern): docs/theory.md claim B4, attention
   neuron_statistics     each row of W_O W_V: magnitude, cosine of its first d_x
                         entries with the mean IDR pattern and of its last d_y with
                         q; `largest_neurons` picks the largest of each output sign
@@ -118,7 +118,7 @@ def _cosines(rows_KxD: np.ndarray, direction_D: np.ndarray) -> np.ndarray:
 
 
 def neuron_statistics(params: Mapping[str, Any], task: ClassificationTask) -> NeuronStatistics:
-  """Magnitude and direction of every row of W_O W_V (THEORY claim 4, the MLP)."""
+  """Magnitude and direction of every row of W_O W_V (docs/theory.md claim B4, the MLP)."""
   rows_MxD = np.asarray(neuron_weights(_unwrap(params)), np.float64)
   if rows_MxD.shape[1] != task.d_x + task.d_y:
     raise ConfigError(f"params have tokens of dimension {rows_MxD.shape[1]}, the task d_x + d_y = "

@@ -8,7 +8,7 @@ that share its pattern and the others, and the two sum to 1 (its Fig. 2B). The
 output weights a_i are fixed, +1/m for the first m/2 neurons and -1/m for the
 rest, and are not parameters.
 
-W_Q and W_K start near a positive multiple of the identity (THEORY.md Part B:
+W_Q and W_K start near a positive multiple of the identity (docs/theory.md Part B:
 from a small random start the model can learn the mirror mechanism, attending
 to the *other* pattern and flipping its label, which fails out of domain).
 """

@@ -1,6 +1,6 @@
 """In-context binary classification (Li, Wang, Lu, Cui, Chen 2024): the task and its prompt sampler.
 
-THEORY.md Part B fixes the instantiation. Orthonormal patterns in R^d_x: M1
+docs/theory.md Part B fixes the instantiation. Orthonormal patterns in R^d_x: M1
 in-domain-relevant (IDR) mu_1..mu_M1 and M2 in-domain-irrelevant (IDI)
 nu_1..nu_M2. An input is x = mu + kappa nu, kappa ~ U[-kappa_max, kappa_max],
 nu a random irrelevant pattern. A task is an ordered pair (a, b), a != b: mu_a

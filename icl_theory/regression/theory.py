@@ -1,6 +1,6 @@
 """Closed forms for one-step preconditioned GD, y_hat = x_query^T Gamma g, g = (1/n) sum_i y_i x_i.
 
-For Gaussian data (THEORY.md, Part A), with c = tr(Sx Sw) + sigma^2 and
+For Gaussian data (docs/theory.md, Part A), with c = tr(Sx Sw) + sigma^2 and
 H = E[g g^T] = ((n+1)/n) Sx Sw Sx + (c/n) Sx:
 
     R(Gamma) = c - 2 tr(Sx Gamma Sx Sw) + tr(Gamma^T Sx Gamma H)
@@ -242,7 +242,7 @@ def optimal_gd_lr_mc(task: RegressionTask, key: jax.Array, num_samples: int) -> 
   """The best plain-GD step eta_f = E[y_query x_query^T g] / E[g^T cov_x g], for any response.
 
   The denominator is E[(x_query^T g)^2] with the query integrated out exactly
-  (x_query is independent of g). With cov_x = I this is THEORY.md's
+  (x_query is independent of g). With cov_x = I this is docs/theory.md's
   E[y_q x_q^T g] / E[g^T g], and eta_f I = Gamma* for a rotation-invariant f.
   The standard error is the delta-method one for a ratio of means.
   """
