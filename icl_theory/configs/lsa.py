@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = "sgd"       # sgd (momentum 0.9) | adam; README: why not adam by default
   config.learning_rate = 0.05    # peak learning rate
   config.clip_norm = 1.0         # clip each gradient to this global norm (0: no clipping)
+  config.preconditioner = "none" # none | curvature: Q11's gradient mapped by H^-p (.) cov_x^-p (ill-conditioned cov_x)
+  config.preconditioner_power = 0.5  # p of the curvature preconditioner (1: the Newton step, which traps runs)
   config.schedule = "cosine"     # cosine (linear warm-up, then cosine decay to 0) | constant
   config.warmup_steps = 100      # linear warm-up steps of the cosine schedule
   config.batch_size = 1024       # prompts per step, fresh each step

@@ -39,10 +39,13 @@ class Objective(NamedTuple):
 
   `task` is a pytree of the run's data-distribution arrays (e.g. a RegressionTask):
   an argument rather than a closure, so that runs differing only in it share a program.
+  `precondition(grads, task) -> grads`, if given, maps each step's gradient before
+  the optimizer sees it (a curvature the experiment knows from the task).
   """
   init: Callable[[jax.Array], Params]
   loss: Callable[[Params, jax.Array, Any], jax.Array]
   batch_size: int  # prompts per step, for the throughput figures
+  precondition: Callable[[Params, Any], Params] | None = None
 
 
 @flax.struct.dataclass
@@ -163,6 +166,8 @@ def train_chunk(state: TrainState, rng: jax.Array, task: Any, objective: Objecti
 
   def step(state: TrainState, _):
     loss, grads = grad_fn(state.params, jax.random.fold_in(rng, state.step), task)
+    if objective.precondition is not None:
+      grads = objective.precondition(grads, task)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss

@@ -10,7 +10,7 @@ sweeps and evaluates; `icl_theory.train(config)` with `config.experiment =
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from icl_theory.regression.task import RegressionTask, sample_prompts
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = experiment.Experiment.bookkeeping_fields
 SAMPLERS = ("auto", "tokens", "wishart")
+PRECONDITIONERS = ("none", "curvature")
 
 
 def build_task(config: ml_collections.ConfigDict) -> RegressionTask:
@@ -49,6 +50,10 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
     raise ConfigError(f"sampler='wishart' is not allowed with response={config.response!r}: "
                       "it needs jointly Gaussian data (response='linear'); use 'auto' or 'tokens'")
   check_int("gamma_mc_samples", config.gamma_mc_samples, 2)
+  if check_choice("preconditioner", config.get("preconditioner", "none"), PRECONDITIONERS) == "curvature" and not task.is_gaussian:
+    raise ConfigError(f"preconditioner='curvature' is not allowed with response={config.response!r}: its "
+                      "curvature is the closed form of linear responses; use 'none'")
+  check_float("preconditioner_power", config.get("preconditioner_power", 0.5), minimum=0.0, strict=True)
   return task
 
 
@@ -68,6 +73,36 @@ def freeze_vanishing(params: Any) -> Any:
   def mask(w_DxD):
     return w_DxD * jnp.ones_like(w_DxD).at[-1, :-1].set(0.0)
   return {name: {k: mask(w) for k, w in layer.items()} for name, layer in params.items()}
+
+
+def _inverse_power(matrix_dxd: jax.Array, power: float) -> jax.Array:
+  """M^-power of a symmetric positive definite M, its eigenvalues first scaled to mean 1."""
+  eigenvalues, vectors = jnp.linalg.eigh(matrix_dxd)
+  return (vectors * (eigenvalues / eigenvalues.mean()) ** -power) @ vectors.T
+
+
+def curvature_preconditioner(power: float) -> Callable[[Any, RegressionTask], Any]:
+  """Each layer's Q11 gradient G -> H^-power G Sx^-power (`trainer.Objective.precondition`).
+
+  The risk of the predictor x_q^T Gamma g is a quadratic in Gamma whose Hessian is
+  Sx (x) H (H = E[g g^T], `theory.moments`), so plain gradient descent moves along
+  the weak directions of an ill-conditioned cov_x at the pace of their small
+  eigenvalues. With Gamma = p_y Q11^T, power 1 maps the Q11 gradient to the Newton
+  step in Gamma; power 1/2 leaves the square root of the condition number. Each
+  factor is scaled to mean eigenvalue 1, so isotropic data are left unchanged and
+  the learning rate keeps its meaning. The other blocks keep their plain gradients.
+  """
+  def precondition(grads: Any, task: RegressionTask) -> Any:
+    _, h = theory.moments(task)
+    left, right = _inverse_power(h, power), _inverse_power(task.cov_x, power)
+
+    def layer(grads_of_layer: Any) -> Any:
+      w_kq = grads_of_layer["W_KQ"]
+      return {**grads_of_layer, "W_KQ": w_kq.at[:task.d, :task.d].set(left @ w_kq[:task.d, :task.d] @ right)}
+
+    return {name: layer(value) for name, value in grads.items()}
+
+  return precondition
 
 
 def integrated_loss(params: Any, stats: statistics.ContextStatistics, task: RegressionTask,
@@ -114,7 +149,10 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   if config.freeze_vanishing_parts:
     full_loss = loss
     loss = lambda params, key, task: full_loss(freeze_vanishing(params), key, task)
-  return trainer.Objective(init=init, loss=loss, batch_size=batch_size)
+  precondition = None
+  if config.get("preconditioner", "none") == "curvature":
+    precondition = curvature_preconditioner(config.get("preconditioner_power", 0.5))
+  return trainer.Objective(init=init, loss=loss, batch_size=batch_size, precondition=precondition)
 
 
 def eval_key(seed: int) -> jax.Array:

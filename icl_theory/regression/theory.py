@@ -38,7 +38,8 @@ def _require_gaussian(task: RegressionTask, what: str) -> None:
                      "use the Monte Carlo estimators (optimal_gamma_mc, gamma_risk_mc) instead")
 
 
-def _moments(task: RegressionTask):
+def moments(task: RegressionTask) -> tuple[jax.Array, jax.Array]:
+  """c = E[y_q^2] = tr(Sx Sw) + sigma^2 and H = E[g g^T] = ((n+1)/n) Sx Sw Sx + (c/n) Sx (linear responses)."""
   sx, sw = task.cov_x, task.cov_w
   c = jnp.trace(sx @ sw) + task.noise_std**2
   n = task.n
@@ -57,7 +58,7 @@ def gamma_risk(gamma: jax.Array, task: RegressionTask) -> jax.Array:
   """Exact population risk of the predictor x_query^T Gamma g (linear responses)."""
   _require_gaussian(task, "gamma_risk")
   sx, sw = task.cov_x, task.cov_w
-  c, h = _moments(task)
+  c, h = moments(task)
   return c - 2 * jnp.trace(sx @ gamma @ sx @ sw) + jnp.trace(gamma.T @ sx @ gamma @ h)
 
 
@@ -65,7 +66,7 @@ def gamma_risk(gamma: jax.Array, task: RegressionTask) -> jax.Array:
 def optimal_gamma(task: RegressionTask) -> jax.Array:
   """Gamma* = Sw Sx H^-1, the global optimum of one LSA layer (linear responses)."""
   _require_gaussian(task, "optimal_gamma")
-  _, h = _moments(task)
+  _, h = moments(task)
   # Gamma*^T = H^-1 Sx Sw since H is symmetric.
   return jnp.linalg.solve(h, task.cov_x @ task.cov_w).T
 
@@ -74,7 +75,7 @@ def optimal_gamma(task: RegressionTask) -> jax.Array:
 def optimal_risk(task: RegressionTask) -> jax.Array:
   """R* = R(Gamma*)."""
   _require_gaussian(task, "optimal_risk")
-  c, _ = _moments(task)
+  c, _ = moments(task)
   return c - jnp.trace(task.cov_x @ optimal_gamma(task) @ task.cov_x @ task.cov_w)
 
 
@@ -82,7 +83,7 @@ def optimal_risk(task: RegressionTask) -> jax.Array:
 def optimal_gd_lr(task: RegressionTask) -> jax.Array:
   """The best plain-GD step eta (Gamma = eta I); n / (n + d + 1 + sigma^2) when isotropic."""
   _require_gaussian(task, "optimal_gd_lr")
-  _, h = _moments(task)
+  _, h = moments(task)
   sx = task.cov_x
   return jnp.trace(sx @ sx @ task.cov_w) / jnp.trace(sx @ h)
 
