@@ -37,6 +37,7 @@ def test_chunking_does_not_change_the_result():
   assert [r["step"] for r in many.history] == [7, 14, 21, 28, 35, 40]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_towards_the_optimum():
   # d=2, n=4: predicting 0 costs E[y^2] = d = 2; the optimum is R* = d(d+1)/(n+d+1) = 6/7.
   result = _fit(trainer.LoopSettings(steps=200, log_every=50, checkpoint_every=0))

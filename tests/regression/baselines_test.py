@@ -119,6 +119,7 @@ class PredictorTest(chex.TestCase):
 
 class RiskTest(absltest.TestCase):
 
+  @pytest.mark.slow
   def test_ridge_beats_ols_and_gd_on_noisy_data(self):
     # n - d > 3 keeps the fourth moment of the OLS error finite, so its stderr is meaningful.
     task = RegressionTask(d=_D, n=12, cov_x="geometric:5@1", cov_w="geometric:3@2", noise_std=1.0)

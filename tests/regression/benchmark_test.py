@@ -34,6 +34,7 @@ def test_reference_prompts_are_noiseless_linear_gaussian():
   np.testing.assert_allclose(tokens[0, -1, :-1] @ w, y_query[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_reference_and_trainer_run():
   assert benchmark.Reference(d=2, n=3, batch_size=16).prompts_per_second(steps=3, warmup=1) > 0
   config = benchmark._job_config(d=2, n=3, batch_size=16, steps=20)

@@ -61,6 +61,7 @@ def test_baseline_risks_are_ordered_and_exact_where_closed_form():
   assert out["ridge_risk"] < out["ols_risk"]
 
 
+@pytest.mark.slow
 def test_baseline_risks_for_a_nonlinear_response_are_monte_carlo():
   task = RegressionTask(d=3, n=12, response="relu", noise_std=0.1)
   out = analysis.baseline_risks(task, jax.random.PRNGKey(3), num_samples=20_000)

@@ -69,6 +69,7 @@ def test_abs_response_learns_zero(tmp_path):
   assert np.linalg.norm(_gamma(result)) < 0.03 * scale
 
 
+@pytest.mark.slow
 def test_summary_and_outputs(tmp_path):
   result = icl_theory.train(_config(steps=200, log_every=100, checkpoint_every=100), str(tmp_path))
   for name in ("summary.json", "metrics.jsonl", "lsa.png", "config.json", "checkpoints"):

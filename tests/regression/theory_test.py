@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from icl_theory.regression import baselines
 from icl_theory.regression import theory
@@ -209,6 +210,7 @@ class MonteCarloTest(parameterized.TestCase):
     # The stderr is small enough for the check to mean something: Gamma*'s entries are resolved.
     self.assertLess(_f64(estimate.stderr).max(), 0.05 * np.abs(_f64(theory.optimal_gamma(self.task))).max())
 
+  @pytest.mark.slow
   def test_bayes_risk_against_ridge_errors(self):
     task = self.task
     estimate = theory.bayes_risk(task, jax.random.PRNGKey(13), 8192)
