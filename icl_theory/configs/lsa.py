@@ -39,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_steps = 100      # linear warm-up steps of the cosine schedule
   config.batch_size = 1024       # prompts per step, fresh each step
   config.data_parallel = True    # split each step's batch over all of the process's devices (single runs)
-  config.sampler = "auto"        # auto | wishart (the context's statistic S, query integrated out) | tokens
+  config.sampler = "auto"        # auto | wishart (the context's statistic S, query integrated out) | tokens |
+                                 # integrated_query (explicit context, query integrated out: any response)
   config.steps = 1000            # optimizer steps
   config.seed = 0                # one root key: init, batches and evaluation derive from it
 

@@ -106,6 +106,9 @@ def load_run(workdir: str, experiments: Callable[[str], Experiment],
   """
   if os.path.exists(os.path.join(workdir, sweeps.SWEEP_CONFIG_FILE)):
     return _load_sweep_run(workdir, experiments, run)
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    raise ConfigError(f"workdir={workdir!r} holds no run or sweep (no config.json, no "
+                      f"{sweeps.SWEEP_CONFIG_FILE})")
   if run is not None:
     raise ConfigError(f"run={run!r} is not allowed: {workdir!r} holds a single run, not a sweep")
   path = os.path.join(workdir, workdirs.PARAMS_FILE)

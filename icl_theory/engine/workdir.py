@@ -53,9 +53,12 @@ def lock(workdir: str, name: str = LOCK_FILE) -> Iterator[None]:
   line: nothing in the folder changes.
   """
   path = os.path.join(workdir, name)
-  existed = os.path.isdir(workdir)
-  if existed and os.path.exists(path):
-    fd = os.open(path, os.O_RDWR)
+  writable = True
+  if os.path.exists(path):
+    try:
+      fd = os.open(path, os.O_RDWR)
+    except PermissionError:  # another user's lock file: still lockable, and its holder still readable
+      fd, writable = os.open(path, os.O_RDONLY), False
   else:
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -68,13 +71,15 @@ def lock(workdir: str, name: str = LOCK_FILE) -> Iterator[None]:
       holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
       raise WorkdirBusy(f"workdir={workdir!r} is in use by {holder}: wait for it to finish, or use another "
                         "--workdir") from None
-    os.ftruncate(fd, 0)
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
+    if writable:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
     try:
       yield
     finally:
-      os.ftruncate(fd, 0)  # the file stays (removing it would race a waiting locker); only its holder line goes
+      if writable:
+        os.ftruncate(fd, 0)  # the file stays (removing it would race a waiting locker); only its holder line goes
       fcntl.flock(fd, fcntl.LOCK_UN)
   finally:
     os.close(fd)

@@ -21,11 +21,11 @@ from icl_theory.engine import experiment, group, trainer
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
 from icl_theory.regression import evaluation, lsa, lsa_fused, plots, statistics, theory
 from icl_theory.regression.statistics import sample_statistics
-from icl_theory.regression.task import RegressionTask, sample_prompts
+from icl_theory.regression.task import Contexts, RegressionTask, sample_contexts, sample_prompts
 
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = experiment.Experiment.bookkeeping_fields
-SAMPLERS = ("auto", "tokens", "wishart")
+SAMPLERS = ("auto", "tokens", "wishart", "integrated_query")
 PRECONDITIONERS = ("none", "curvature")
 
 
@@ -118,6 +118,20 @@ def integrated_loss(params: Any, stats: statistics.ContextStatistics, task: Regr
   return jnp.mean(jnp.sum(error_dxB * (task.cov_x @ error_dxB), axis=0)) + task.noise_std**2
 
 
+def query_integrated_loss(params: Any, contexts: Contexts, task: RegressionTask) -> jax.Array:
+  """The batch mean of E[(v^T x_q - y_q)^2 | context, f] = v^T cov_x v - 2 v^T E[x_q y_q] + E[y_q^2].
+
+  The LSA's prediction is linear in the query, v^T x_q (`lsa.query_readout`), so
+  the query can be integrated out exactly for any response with known moments
+  (`task.query_moments`): the same population risk as the token loss, without the
+  query's share of the gradient noise (for y = (w^T x)^3 it has variance 15 s^6).
+  """
+  factor_DxNxB = jnp.concatenate([contexts.x, contexts.y[..., None]], axis=-1).transpose(2, 1, 0)
+  v_dxB = lsa.query_readout(params, factor_DxNxB, task.n)
+  quadratic_B = jnp.einsum("db,de,eb->b", v_dxB, task.cov_x, v_dxB)
+  return jnp.mean(quadratic_B - 2 * jnp.einsum("db,bd->b", v_dxB, contexts.xy_query) + contexts.yy_query)
+
+
 def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fused: bool = True) -> trainer.Objective:
   """The LSA's squared error on the query, over a fresh batch of prompts.
 
@@ -145,7 +159,15 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   def wishart_loss(params, key, task):
     return integrated_loss(params, sample_statistics(key, task, batch_size), task, fused)
 
-  loss = wishart_loss if uses_wishart(task, config.sampler) else token_loss
+  def integrated_query_loss(params, key, task):
+    return query_integrated_loss(params, sample_contexts(key, task, batch_size), task)
+
+  if uses_wishart(task, config.sampler):
+    loss = wishart_loss
+  elif config.sampler == "integrated_query":
+    loss = integrated_query_loss
+  else:
+    loss = token_loss
   if config.freeze_vanishing_parts:
     full_loss = loss
     loss = lambda params, key, task: full_loss(freeze_vanishing(params), key, task)

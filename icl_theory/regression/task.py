@@ -95,16 +95,96 @@ class RegressionTask:
     return task
 
 
-def _responses(key: jax.Array, task: RegressionTask, chol_w_DxD: jax.Array, x_BxTxD: jax.Array) -> jax.Array:
-  """f_b(x_b,t) for a fresh response function f_b per prompt: (B, T)."""
-  batch, d = x_BxTxD.shape[0], task.d
+class ResponseDraw(NamedTuple):
+  """One response function per prompt: w (B, d), or for 'mlp' the hidden weights (B, H, d) and a (B, H)."""
+  w: jax.Array
+  a: jax.Array | None = None
+
+
+def _draw_responses(key: jax.Array, task: RegressionTask, batch: int) -> ResponseDraw:
+  chol_w_DxD = jnp.linalg.cholesky(task.cov_w)
   if task.response == "mlp":
     k_w, k_a = jax.random.split(key)
-    w_BxHxD = draws.normal(k_w, (batch, task.mlp_width, d)) @ chol_w_DxD.T
-    a_BxH = draws.normal(k_a, (batch, task.mlp_width)) * jnp.sqrt(2.0 / task.mlp_width)
-    return jnp.einsum("bth,bh->bt", jax.nn.relu(jnp.einsum("btd,bhd->bth", x_BxTxD, w_BxHxD)), a_BxH)
-  w_BxD = draws.normal(key, (batch, d)) @ chol_w_DxD.T
-  return _PHI[task.response](jnp.einsum("btd,bd->bt", x_BxTxD, w_BxD))
+    w_BxHxD = draws.normal(k_w, (batch, task.mlp_width, task.d)) @ chol_w_DxD.T
+    return ResponseDraw(w_BxHxD, draws.normal(k_a, (batch, task.mlp_width)) * jnp.sqrt(2.0 / task.mlp_width))
+  return ResponseDraw(draws.normal(key, (batch, task.d)) @ chol_w_DxD.T)
+
+
+def _evaluate_responses(task: RegressionTask, f: ResponseDraw, x_BxTxD: jax.Array) -> jax.Array:
+  """f_b(x_b,t): (B, T)."""
+  if task.response == "mlp":
+    return jnp.einsum("bth,bh->bt", jax.nn.relu(jnp.einsum("btd,bhd->bth", x_BxTxD, f.w)), f.a)
+  return _PHI[task.response](jnp.einsum("btd,bd->bt", x_BxTxD, f.w))
+
+
+# Nodes and weights of E[h(z)], z ~ N(0, 1), for tanh, which has no closed-form moments: the
+# trapezoid rule on [-9, 9], exact to float32 for smooth h (Gauss-Hermite is not: tanh^2 of a
+# wide Gaussian saturates like a kink, which polynomials fit poorly).
+_GRID_Z = np.linspace(-9.0, 9.0, 513)
+_GRID_W = (np.exp(-_GRID_Z**2 / 2) / np.sqrt(2 * np.pi) * (_GRID_Z[1] - _GRID_Z[0])).astype(np.float32)
+
+
+def _gaussian_mean(h: Callable[[jax.Array], jax.Array], scale_B: jax.Array) -> jax.Array:
+  """E[h(scale z)] for z ~ N(0, 1), per prompt, by quadrature."""
+  return h(scale_B[:, None] * _GRID_Z.astype(np.float32)[None, :]) @ _GRID_W
+
+
+def query_moments(task: RegressionTask, f: ResponseDraw) -> tuple[jax.Array, jax.Array]:
+  """E[x_q y_q] (B, d) and E[y_q^2] (B,) over the query x_q ~ N(0, cov_x) and its noise, given each prompt's f.
+
+  For y = phi(u), u = w^T x with variance s^2 = w^T cov_x w, Stein's lemma gives
+  E[x phi(u)] = cov_x w E[phi'(u)]; E[phi(u)^2] is a moment of N(0, s^2) (tanh's
+  both by quadrature). For the ReLU network the cross terms are the arc-cosine
+  kernel E[relu(u) relu(v)] = s_u s_v (sin t + (pi - t) cos t) / (2 pi), cos t = corr(u, v).
+  """
+  sx = task.cov_x
+  noise = task.noise_std**2
+  if task.response == "mlp":
+    sxw_BxHxD = jnp.einsum("de,bhe->bhd", sx, f.w)
+    gram_BxHxH = jnp.einsum("bhd,bkd->bhk", f.w, sxw_BxHxD)
+    scale_BxH = jnp.sqrt(jnp.maximum(jnp.diagonal(gram_BxHxH, axis1=1, axis2=2), 1e-30))
+    cos = jnp.clip(gram_BxHxH / (scale_BxH[:, :, None] * scale_BxH[:, None, :]), -1.0, 1.0)
+    angle = jnp.arccos(cos)
+    relu_gram = (scale_BxH[:, :, None] * scale_BxH[:, None, :]
+                 * (jnp.sqrt(1.0 - cos**2) + (jnp.pi - angle) * cos) / (2 * jnp.pi))
+    m_BxD = 0.5 * jnp.einsum("bh,bhd->bd", f.a, sxw_BxHxD)
+    return m_BxD, jnp.einsum("bh,bhk,bk->b", f.a, relu_gram, f.a) + noise
+  sxw_BxD = f.w @ sx
+  var_B = jnp.einsum("bd,bd->b", f.w, sxw_BxD)
+  scale_B = jnp.sqrt(var_B)
+  slope_B, square_B = {
+      "linear": lambda: (jnp.ones_like(var_B), var_B),
+      "relu": lambda: (jnp.full_like(var_B, 0.5), var_B / 2),
+      "abs": lambda: (jnp.zeros_like(var_B), var_B),
+      "cube": lambda: (3 * var_B, 15 * var_B**3),
+      "tanh": lambda: (1.0 - _gaussian_mean(lambda u: jnp.tanh(u) ** 2, scale_B),
+                       _gaussian_mean(lambda u: jnp.tanh(u) ** 2, scale_B)),
+  }[task.response]()
+  return slope_B[:, None] * sxw_BxD, square_B + noise
+
+
+class Contexts(NamedTuple):
+  """A batch of contexts with the query integrated out: the context pairs and the query's moments."""
+  x: jax.Array        # (B, n, d)
+  y: jax.Array        # (B, n)
+  xy_query: jax.Array   # (B, d): E[x_q y_q | f]
+  yy_query: jax.Array   # (B,): E[y_q^2 | f]
+
+
+def sample_contexts(key: jax.Array, task: RegressionTask, batch: int) -> Contexts:
+  """The contexts of `sample_prompts(key, task, batch)` (the same draws) with the query integrated out."""
+  prompts, f = _sample(key, task, batch)
+  xy, yy = query_moments(task, f)
+  return sharding.shard_batch(Contexts(prompts.x, prompts.y, xy, yy))
+
+
+def _sample(key: jax.Array, task: RegressionTask, batch: int) -> tuple[Prompts, ResponseDraw]:
+  k_f, k_x, k_eps = jax.random.split(key, 3)
+  n, d = task.n, task.d
+  x_BxTxD = draws.normal(k_x, (batch, n + 1, d)) @ jnp.linalg.cholesky(task.cov_x).T
+  f = _draw_responses(k_f, task, batch)
+  y_BxT = _evaluate_responses(task, f, x_BxTxD) + task.noise_std * draws.normal(k_eps, (batch, n + 1))
+  return Prompts(x=x_BxTxD[:, :n], y=y_BxT[:, :n], x_query=x_BxTxD[:, n], y_query=y_BxT[:, n]), f
 
 
 def sample_prompts(key: jax.Array, task: RegressionTask, batch: int) -> Prompts:
@@ -114,10 +194,4 @@ def sample_prompts(key: jax.Array, task: RegressionTask, batch: int) -> Prompts:
   per-prompt keys cost a Threefry block per prompt, and make the program slower
   to compile and to run.
   """
-  k_f, k_x, k_eps = jax.random.split(key, 3)
-  n, d = task.n, task.d
-  x_BxTxD = draws.normal(k_x, (batch, n + 1, d)) @ jnp.linalg.cholesky(task.cov_x).T
-  y_BxT = (_responses(k_f, task, jnp.linalg.cholesky(task.cov_w), x_BxTxD)
-           + task.noise_std * draws.normal(k_eps, (batch, n + 1)))
-  return sharding.shard_batch(Prompts(x=x_BxTxD[:, :n], y=y_BxT[:, :n], x_query=x_BxTxD[:, n],
-                                     y_query=y_BxT[:, n]))
+  return sharding.shard_batch(_sample(key, task, batch)[0])
