@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_parallel = True    # split each step's batch over all of the process's devices (single runs)
   config.sampler = "auto"        # auto | wishart (the context's statistic S, query integrated out) | tokens |
                                  # integrated_query (explicit context, query integrated out: any response)
+  config.antithetic = False      # each prompt with its mirror (y negated): symmetric responses, not 'wishart'
   config.steps = 1000            # optimizer steps
   config.seed = 0                # one root key: init, batches and evaluation derive from it
 

@@ -21,7 +21,8 @@ from icl_theory.engine import experiment, group, trainer
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
 from icl_theory.regression import evaluation, lsa, lsa_fused, plots, statistics, theory
 from icl_theory.regression.statistics import sample_statistics
-from icl_theory.regression.task import Contexts, RegressionTask, sample_contexts, sample_prompts
+from icl_theory.regression.task import (SYMMETRIC_RESPONSES, Contexts, RegressionTask, mirror, sample_contexts,
+                                        sample_prompts)
 
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = experiment.Experiment.bookkeeping_fields
@@ -53,6 +54,16 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   if check_choice("preconditioner", config.get("preconditioner", "none"), PRECONDITIONERS) == "curvature" and not task.is_gaussian:
     raise ConfigError(f"preconditioner='curvature' is not allowed with response={config.response!r}: its "
                       "curvature is the closed form of linear responses; use 'none'")
+  if check_bool("antithetic", config.get("antithetic", False)):
+    if config.response not in SYMMETRIC_RESPONSES:
+      raise ConfigError(f"antithetic=True is not allowed with response={config.response!r}: the mirror (every y "
+                        f"negated) must be as likely as the prompt; responses {', '.join(SYMMETRIC_RESPONSES)}")
+    if uses_wishart(task, config.sampler):
+      raise ConfigError(f"antithetic=True is not allowed with sampler={config.sampler!r} on linear data (the "
+                        "Wishart sampler): use sampler='tokens' or 'integrated_query'")
+    if config.batch_size % 2:
+      raise ConfigError(f"batch_size={config.batch_size!r} is not allowed with antithetic=True: an even number "
+                        "(prompts and their mirrors)")
   check_float("preconditioner_power", config.get("preconditioner_power", 0.5), minimum=0.0, strict=True)
   return task
 
@@ -145,6 +156,7 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
                   vanishing_init_scale=config.vanishing_init_scale)
   batch_size = config.batch_size
+  antithetic = config.get("antithetic", False)
   shapes = jax.eval_shape(lambda key: sample_prompts(key, task, 1), jax.random.PRNGKey(0))
   dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # shapes only: nothing to compile
 
@@ -152,7 +164,8 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
     return model.init(key, dummy.x, dummy.y, dummy.x_query)["params"]
 
   def token_loss(params, key, task):
-    prompts = sample_prompts(key, task, batch_size)
+    prompts = sample_prompts(key, task, batch_size // 2) if antithetic else sample_prompts(key, task, batch_size)
+    prompts = mirror(prompts) if antithetic else prompts
     pred = model.apply({"params": params}, prompts.x, prompts.y, prompts.x_query)
     return jnp.mean((pred - prompts.y_query) ** 2)
 
@@ -160,7 +173,7 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
     return integrated_loss(params, sample_statistics(key, task, batch_size), task, fused)
 
   def integrated_query_loss(params, key, task):
-    return query_integrated_loss(params, sample_contexts(key, task, batch_size), task)
+    return query_integrated_loss(params, sample_contexts(key, task, batch_size, antithetic), task)
 
   if uses_wishart(task, config.sampler):
     loss = wishart_loss

@@ -233,8 +233,8 @@ def plot_preconditioned_claim(table: Sequence[dict], directory: str) -> None:
   """preconditioner_vs_condition.png: Gamma_eff against its closed form, and plain GD's excess risk."""
   fig, (ax_err, ax_risk) = plt.subplots(1, 2, figsize=(11, 4.2))
   markers = {"inverse": "o", "identity": "s"}
-  for cov_w in ("inverse", "identity"):
-    rows = [row for row in table if row["cov_w"] == cov_w]
+  for cov_w in ("inverse", "identity"):  # plain SGD (the default), filled; the risk panel shows these
+    rows = [row for row in table if row["cov_w"] == cov_w and row.get("training", "plain") == "plain"]
     if not rows:
       continue
     ax_err.scatter([r["condition"] for r in rows], [r["gamma_rel_error"] for r in rows], marker=markers[cov_w],
@@ -247,6 +247,12 @@ def plot_preconditioned_claim(table: Sequence[dict], directory: str) -> None:
     conditions, gd = _mean_by(rows, "cov_w", "condition", "plain_gd_excess")[cov_w]
     ax_risk.plot(conditions, gd, lw=1, marker=".",
                  label=f"best plain GD step, cov_w = {'cov_x^-1' if cov_w == 'inverse' else 'I'}")
+  for cov_w in ("inverse", "identity"):  # the curvature-preconditioned runs, hollow
+    rows = [row for row in table if row["cov_w"] == cov_w and row.get("training") == "curvature"]
+    if rows:
+      ax_err.scatter([r["condition"] for r in rows], [r["gamma_rel_error"] for r in rows], marker=markers[cov_w],
+                     s=40, facecolors="none", edgecolors="k",
+                     label=f"cov_w = {'cov_x^-1' if cov_w == 'inverse' else 'I'}, preconditioner='curvature' (4000 steps)")
   ax_err.set(xscale="log", yscale="log", xlabel="condition number of cov_x (rotated)",
              ylabel="relative Frobenius error", title="The layer against the preconditioned-GD optimum")
   ax_err.legend(fontsize=7)

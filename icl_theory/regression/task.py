@@ -34,6 +34,9 @@ _PHI: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 RESPONSES = (*_PHI, "mlp")
 GAUSSIAN_RESPONSES = ("linear",)
+# Responses whose law is symmetric under f -> -f (w -> -w, or for the network a -> -a): a prompt and
+# its mirror (every y negated) are equally likely, the pair `antithetic` draws.
+SYMMETRIC_RESPONSES = ("linear", "tanh", "cube", "mlp")
 
 
 class Prompts(NamedTuple):
@@ -171,11 +174,31 @@ class Contexts(NamedTuple):
   yy_query: jax.Array   # (B,): E[y_q^2 | f]
 
 
-def sample_contexts(key: jax.Array, task: RegressionTask, batch: int) -> Contexts:
-  """The contexts of `sample_prompts(key, task, batch)` (the same draws) with the query integrated out."""
-  prompts, f = _sample(key, task, batch)
+def sample_contexts(key: jax.Array, task: RegressionTask, batch: int, antithetic: bool = False) -> Contexts:
+  """The contexts of `sample_prompts(key, task, batch)` (the same draws) with the query integrated out.
+
+  `antithetic`: the second half of the batch mirrors the first (see `mirror`).
+  """
+  prompts, f = _sample(key, task, batch // 2 if antithetic else batch)
   xy, yy = query_moments(task, f)
-  return sharding.shard_batch(Contexts(prompts.x, prompts.y, xy, yy))
+  contexts = Contexts(prompts.x, prompts.y, xy, yy)
+  return sharding.shard_batch(mirror(contexts) if antithetic else contexts)
+
+
+def mirror(batch: Prompts | Contexts) -> Prompts | Contexts:
+  """The batch followed by its mirror image: the same covariates, every response negated (noise too).
+
+  For a response law symmetric under f -> -f (`SYMMETRIC_RESPONSES`) the mirror is as
+  likely as the prompt, so the pair is an unbiased antithetic draw. A one-layer LSA
+  at p_x = q21 = 0 predicts -v^T x_q on the mirror, so the gradients on p_x and q21,
+  odd under the flip, cancel within each pair: their expectation there is exactly 0,
+  and the pair removes that noise, not the signal of any other parameter.
+  """
+  if isinstance(batch, Contexts):
+    flipped = Contexts(batch.x, -batch.y, -batch.xy_query, batch.yy_query)
+  else:
+    flipped = Prompts(batch.x, -batch.y, batch.x_query, -batch.y_query)
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), batch, flipped)
 
 
 def _sample(key: jax.Array, task: RegressionTask, batch: int) -> tuple[Prompts, ResponseDraw]:
