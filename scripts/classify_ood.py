@@ -55,9 +55,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 import icl_theory
+from icl_theory import cli
 from icl_theory.engine import files, sharding
 from icl_theory.classification import plots
 from icl_theory.configs import classify
@@ -320,5 +321,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)

@@ -41,9 +41,10 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 import icl_theory
+from icl_theory import cli
 from icl_theory.engine import files, sharding
 from icl_theory.classification import mechanism
 from icl_theory.classification import plots
@@ -347,5 +348,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)

@@ -16,9 +16,10 @@ import os
 import shutil
 import tempfile
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import icl_theory
+from icl_theory import cli
 from icl_theory.configs import lsa, sweep
 
 _OUT = flags.DEFINE_string("out", os.path.join("results", "lsa"), "Folder for the result files.")
@@ -50,5 +51,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)

@@ -34,9 +34,10 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 import icl_theory
+from icl_theory import cli
 from icl_theory.regression import baselines
 from icl_theory.engine import files, sharding
 from icl_theory.regression import plots
@@ -350,10 +351,10 @@ def run_claim(name: str, workdir: str, out: str) -> None:
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
   unknown = sorted(set(_CLAIM.value) - set(CLAIMS))
   if unknown:
-    raise app.UsageError(f"claim={','.join(unknown)!r} is not allowed: a subset of {','.join(CLAIMS)}")
+    cli.fail(f"claim={','.join(unknown)!r} is not allowed: a subset of {','.join(CLAIMS)}")
   sharding.use_cpu_cores()  # one CPU device per core: the runs of each sweep group are split over them
   with tempfile.TemporaryDirectory() as tmp:
     for name in _CLAIM.value:
@@ -361,5 +362,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from icl_theory.engine import files
+from icl_theory import cli
 
 # name -> (script, whether it takes --workdir)
 SCRIPTS = {
@@ -39,7 +40,7 @@ _TIMES = os.path.join("results", "regenerate_times.json")
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
   unknown = sorted(set(_ONLY.value) - set(SCRIPTS))
   if unknown:
     print(f"error: only={','.join(unknown)!r} is not allowed: a subset of {','.join(SCRIPTS)}", file=sys.stderr)
@@ -64,4 +65,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -45,6 +45,7 @@ from icl_theory.engine import files, sweep as grid, trainer
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.configs import sweep as sweep_config
 from icl_theory.regression import experiment as lsa_regression
+from icl_theory import cli as command_line
 
 FIGURES = ("throughput", "cost", "theorem", "sweep")
 GOALS = {"throughput_ratio_vs_reference": (">=", 10.0), "cost_ratio_n1000_vs_n10": ("<=", 1.5),
@@ -260,14 +261,14 @@ def format_report(report: dict[str, Any]) -> str:
 
 def cli() -> None:
   """Console script `icl-benchmark` and scripts/benchmark.py: flags --out and --figures."""
-  from absl import app, flags  # the flags live only in this entry point
+  from absl import flags  # the flags live only in this entry point
 
   out = flags.DEFINE_string("out", os.path.join("results", "benchmark.json"), "Where to write the JSON report.")
   chosen = flags.DEFINE_list("figures", list(FIGURES), f"Which figures to measure: a subset of {','.join(FIGURES)}.")
 
   def main(argv) -> None:
     if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+      command_line.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
     try:
       report = run(tuple(chosen.value), out.value)
     except ValueError as error:
@@ -277,5 +278,4 @@ def cli() -> None:
     if out.value:
       print(f"\nwritten to {out.value}")
 
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  command_line.run(main)

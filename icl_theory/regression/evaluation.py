@@ -104,6 +104,7 @@ def compare(params: Any, task: RegressionTask, key: jax.Array | None = None,
   """
   key = jax.random.PRNGKey(0) if key is None else key
   params = params.get("params", params)
+  lsa.check_params(params, task.d)
   if gamma_star is None:
     gamma_star = reference_gamma(task, jax.random.split(key, 3)[1])
   gamma_star = jnp.asarray(gamma_star, jnp.float32)

@@ -86,6 +86,20 @@ def num_layers(params: Mapping[str, Any]) -> int:
   return sum(1 for k in params.get("params", params) if k.startswith("layer_"))
 
 
+def check_params(params: Mapping[str, Any], d: int, what: str = "params") -> None:
+  """ValueError naming the mismatch unless `params` are an LSA's for covariate dimension `d`."""
+  params = params.get("params", params)
+  layers = [k for k in params if k.startswith("layer_")]
+  if not layers:
+    raise ValueError(f"{what} are not an LSA's parameters: no 'layer_0' (keys: {sorted(params)})")
+  for name in layers:
+    for weight in ("W_PV", "W_KQ"):
+      shape = tuple(jax.numpy.shape(params[name].get(weight)))
+      if shape != (d + 1, d + 1):
+        raise ValueError(f"{what}[{name!r}][{weight!r}] has shape {shape}, but the task has d={d}: an LSA "
+                         f"for it has ({d + 1}, {d + 1}) weights; use the task the parameters were trained on")
+
+
 def effective_gamma(params: Mapping[str, Any]) -> jax.Array:
   """Gamma_eff = p_y Q11^T of a one-layer LSA: its prediction on the GD-family subspace."""
   if num_layers(params) != 1:
