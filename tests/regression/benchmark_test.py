@@ -1,4 +1,5 @@
-"""The benchmark's reference implementation computes the same model on the same data distribution."""
+"""The benchmark: its reference implementation computes the same model on the same data distribution;
+its rounds, whole-command parts, figure check and report."""
 
 import jax
 import jax.numpy as jnp
@@ -44,3 +45,97 @@ def test_reference_and_trainer_run():
 def test_unknown_figure_is_refused():
   with pytest.raises(ValueError, match="figures='speed' is not allowed"):
     benchmark.run(("speed",))
+
+
+def test_alternating_rounds_keep_every_round_and_report_medians():
+  calls = []
+  slow_fast = iter([10.0, 1.0, 12.0, 1.0, 11.0])  # a slow side whose second and fourth rounds ran fast
+
+  def a():
+    calls.append("a")
+    return {"a_seconds": next(slow_fast)}
+
+  def b():
+    calls.append("b")
+    return {"b_seconds": 2.0 * len(calls)}
+
+  measured = benchmark.alternating([a, b], rounds=5, ratios={"a_over_b": lambda r: r["a_seconds"] / r["b_seconds"]})
+  assert calls == ["a", "b"] * 5
+  assert measured["num_rounds"] == 5
+  assert measured["rounds"]["a_seconds"] == [10.0, 1.0, 12.0, 1.0, 11.0]
+  assert measured["rounds"]["b_seconds"] == [4.0, 8.0, 12.0, 16.0, 20.0]
+  assert measured["a_seconds"] == 10.0 and measured["b_seconds"] == 12.0
+  # The ratio is taken within each round, then its median.
+  np.testing.assert_allclose(measured["rounds"]["a_over_b"], [2.5, 0.125, 1.0, 0.0625, 0.55])
+  assert measured["a_over_b"] == pytest.approx(0.55)
+  assert benchmark.ROUNDS == 5
+
+
+def test_alternating_refuses_no_rounds_and_clashing_names():
+  with pytest.raises(ValueError, match="rounds=0"):
+    benchmark.alternating([lambda: {"x": 1.0}], rounds=0)
+  with pytest.raises(ValueError, match="same names"):
+    benchmark.alternating([lambda: {"x": 1.0}, lambda: {"x": 2.0}], rounds=1)
+
+
+def test_process_parts_split_a_whole_command():
+  summary = {"wall_seconds": 5.0, "compile_seconds": 1.5, "train_seconds": 2.0, "eval_seconds": 1.0}
+  parts = benchmark.process_parts("job_warm", 7.25, summary)
+  assert parts == {"job_warm_seconds": 7.25, "job_warm_startup_exit_seconds": 2.25,
+                   "job_warm_compile_seconds": 1.5, "job_warm_train_seconds": 2.0,
+                   "job_warm_eval_seconds": 1.0, "job_warm_rest_seconds": 0.5}
+  assert sum(parts[f"job_warm_{part}_seconds"] for part in benchmark.PARTS) == pytest.approx(7.25)
+
+
+def _fake_command_figure(name, warm, cold):
+  measured = {}
+  for cache, seconds in (("cold", cold), ("warm", warm)):
+    parts = benchmark.process_parts(f"{name}_{cache}", seconds, {"wall_seconds": seconds - 1.0, "compile_seconds": 0.5,
+                                                                 "train_seconds": 1.0, "eval_seconds": 0.5})
+    measured.update(parts)
+  return {**measured, "rounds": {key: [value] * 5 for key, value in measured.items()}, "num_rounds": 5}
+
+
+def test_job_figure_is_accepted_measured_judged_and_printed(monkeypatch):
+  benchmark.check_figures(("job",))
+  benchmark.check_figures(benchmark.FIGURES)
+  assert benchmark.FIGURES[0] == "job"
+  asked = []
+
+  def fake_job(workdir, **kwargs):  # the figure's command is not run in a fast test
+    asked.append(workdir)
+    return {"command": ["python", "-m", "icl_theory.main"], **_fake_command_figure("job", warm=5.0, cold=11.0)}
+
+  monkeypatch.setattr(benchmark, "job", fake_job)
+  report = benchmark.run(("job",))
+  assert len(asked) == 1 and set(report) == {"machine", "goals", "job", "met"}
+  assert report["met"] == {"job_warm_seconds": True, "job_cold_seconds": False}
+  assert report["goals"]["job_warm_seconds"] == "<= 6" and report["goals"]["job_cold_seconds"] == "<= 10"
+  text = benchmark.format_report(report)
+  assert "job_warm_seconds" in text and "job_cold_seconds" in text
+  assert "startup_exit 1.00, compile 0.50, train 1.00, eval 0.50, rest 2.00 s" in text  # the warm run's parts
+  assert "goals met: 1 of 2 (not: job_cold_seconds)" in text
+
+
+def test_goals_are_the_issues():
+  assert benchmark.GOALS == {
+      "job_warm_seconds": ("<=", 6.0), "job_cold_seconds": ("<=", 10.0), "default_run_warm_seconds": ("<=", 4.0),
+      "classify_run_warm_seconds": ("<=", 12.0), "throughput_ratio_vs_reference": (">=", 12.0),
+      "cost_ratio_n1000_vs_n10": ("<=", 1.5), "time_to_theorem_seconds": ("<=", 15.0),
+      "sweep_overhead_ratio": ("<=", 1.1)}
+  assert benchmark.JOB_COMMAND == dict(d=10, n=10, batch_size=2048, steps=3000, optimizer="adam",
+                                       learning_rate=1e-3, checkpoint_every=0)
+
+
+@pytest.mark.slow
+def test_job_figure_runs_cold_then_warm(tmp_path):
+  tiny = dict(steps=20, warmup_steps=5, batch_size=64, eval_samples=1000)
+  measured = benchmark.job(str(tmp_path), rounds=1, overrides=tiny)
+  assert measured["num_rounds"] == 1
+  assert "--config.steps=20" in measured["command"] and "--config.checkpoint_every=0" in measured["command"]
+  for cache in ("cold", "warm"):
+    total = measured[f"job_{cache}_seconds"]
+    assert total > 0 and measured["rounds"][f"job_{cache}_seconds"] == [total]
+    assert sum(measured[f"job_{cache}_{part}_seconds"] for part in benchmark.PARTS) == pytest.approx(total)
+  # The warm run loads what the cold one compiled.
+  assert measured["job_warm_compile_seconds"] < measured["job_cold_compile_seconds"]
