@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from icl_theory.engine import experiment, group, trainer
+from icl_theory.engine import experiment, group, sharding, trainer
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
 from icl_theory.regression import evaluation, lsa, lsa_fused, plots, statistics, theory
 from icl_theory.regression.statistics import sample_statistics
@@ -64,8 +64,18 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
     if config.batch_size % 2:
       raise ConfigError(f"batch_size={config.batch_size!r} is not allowed with antithetic=True: an even number "
                         "(prompts and their mirrors)")
+  if config.get("preconditioner", "none") == "curvature" and config.num_layers != 1:
+    raise ConfigError(f"preconditioner='curvature' is not allowed with num_layers={config.num_layers!r}: its "
+                      "curvature is that of one layer's Gamma; use 'none'")
   check_float("preconditioner_power", config.get("preconditioner_power", 0.5), minimum=0.0, strict=True)
   return task
+
+
+def sampler_used(task: RegressionTask, config: ml_collections.ConfigDict) -> str:
+  """What a run's sampler setting means for its task: 'wishart', 'integrated_query' or 'tokens'."""
+  if uses_wishart(task, config.sampler):
+    return "wishart"
+  return "integrated_query" if config.sampler == "integrated_query" else "tokens"
 
 
 def uses_wishart(task: RegressionTask, sampler: str) -> bool:
@@ -164,8 +174,10 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
     return model.init(key, dummy.x, dummy.y, dummy.x_query)["params"]
 
   def token_loss(params, key, task):
-    prompts = sample_prompts(key, task, batch_size // 2) if antithetic else sample_prompts(key, task, batch_size)
-    prompts = mirror(prompts) if antithetic else prompts
+    if antithetic:
+      prompts = sharding.shard_batch(mirror(sample_prompts(key, task, batch_size // 2)))
+    else:
+      prompts = sample_prompts(key, task, batch_size)
     pred = model.apply({"params": params}, prompts.x, prompts.y, prompts.x_query)
     return jnp.mean((pred - prompts.y_query) ** 2)
 
@@ -281,8 +293,7 @@ class LSARegression(experiment.Experiment):
                                      devices=jax.local_devices()[:1], programs=compiled)
 
   def summary_header(self, task, config):
-    return {"cov_x": task.cov_x, "cov_w": task.cov_w,
-            "sampler": "wishart" if uses_wishart(task, config.sampler) else "tokens"}
+    return {"cov_x": task.cov_x, "cov_w": task.cov_w, "sampler": sampler_used(task, config)}
 
   def format_summary(self, summary):
     return format_summary(summary)
