@@ -63,10 +63,14 @@ def test_configs_by_name_and_by_repository_path_work_from_any_folder(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_naming_the_checkpoint_and_exit_130(tmp_path):
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "icl_theory.main", f"--workdir={workdir}", "--config.steps=1000000",
-       "--config.checkpoint_every=200", "--config.eval_samples=1000"], cwd=tmp_path, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # A shell that started us in the background may ignore SIGINT, and a child inherits that: the command
+  # re-installs Python's own handler first, as an interactive terminal would have it.
+  argv = ["icl_theory.main", f"--workdir={workdir}", "--config.steps=1000000", "--config.checkpoint_every=200",
+          "--config.eval_samples=1000"]
+  start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           f"sys.argv = {argv!r}; runpy.run_module('icl_theory.main', run_name='__main__')")
+  proc = subprocess.Popen([sys.executable, "-c", start], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   checkpoints = workdir / "checkpoints"
   deadline = time.time() + 240
   while time.time() < deadline and not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):

@@ -1,6 +1,7 @@
 """Single runs: a run is a sweep of one; `load_run` reads runs back without writing; one process per workdir."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -171,11 +172,20 @@ def test_load_run_of_an_untrained_sweep_run_is_refused(planned_sweep):
 
 
 def test_load_run_refuses_a_run_of_a_single_run_and_an_unfinished_workdir(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for run in (None, 0):
+    with pytest.raises(icl_theory.ConfigError, match="holds no run or sweep"):
+      icl_theory.load_run(str(empty), run=run)
+  assert os.listdir(empty) == []  # nothing was written
+  single = tmp_path / "single"  # a single run's workdir, claimed but not finished
+  single.mkdir()
+  (single / "config.json").write_text(json.dumps(lsa_config.get_config().to_dict()))
   with pytest.raises(icl_theory.ConfigError, match="run=0 is not allowed: .* holds a single run, not a sweep"):
-    icl_theory.load_run(str(tmp_path), run=0)
+    icl_theory.load_run(str(single), run=0)
   with pytest.raises(icl_theory.ConfigError, match="holds no finished run"):
-    icl_theory.load_run(str(tmp_path))
-  assert os.listdir(tmp_path) == []  # nothing was written
+    icl_theory.load_run(str(single))
+  assert os.listdir(single) == ["config.json"]
 
 
 def _lock_holder(path):
