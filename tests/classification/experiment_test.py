@@ -161,6 +161,7 @@ def test_the_sweep_config_is_valid():
   assert len(runs) == 4 and len(points) == 12
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_writes_its_table_and_figures(tmp_path):
   config = classify_sweep.get_config()
   config.base.update(**_TINY)

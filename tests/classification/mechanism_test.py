@@ -202,6 +202,7 @@ def test_binomial_weights_and_bad_counts(task):
     mechanism.binomial_mixture(partial, 0.5)
 
 
+@pytest.mark.slow
 def test_binomial_prompts_have_a_binomial_count_of_same_pattern_contexts(task):
   prompt_len, alpha, batch = 5, 0.3, 4000
   prompts = mechanism.sample_binomial_prompts(jax.random.PRNGKey(4), task, batch, prompt_len, alpha)
@@ -254,6 +255,7 @@ def test_classical_classifiers_match_direct_scikit_learn_calls():
 # --- a trained model ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_trained_model_attends_to_the_querys_pattern_and_survives_smallest_first_pruning():
   config = classify.get_config()
   config.update(M1=4, M2=8, d_x=12, d_y=4, m=16, prompt_len=8, batch_size=64, steps=200, learning_rate=0.2,

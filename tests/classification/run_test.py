@@ -161,6 +161,7 @@ def trained_gpt(tmp_path_factory) -> Trained:
   return Trained(result.summary, workdir, "", "")
 
 
+@pytest.mark.slow  # trains the GPT-2-style model
 def test_a_short_gpt_run_classifies_unseen_tasks_better_than_the_majority(trained_gpt):
   summary = trained_gpt.summary
   assert summary["config"]["model"] == "gpt" and summary["steps"] == _GPT_STEPS
@@ -173,6 +174,7 @@ def test_a_short_gpt_run_classifies_unseen_tasks_better_than_the_majority(traine
   assert row["unseen_task_majority_vote_error"] == 1.0 and row["unseen_task_error"] < 0.35
 
 
+@pytest.mark.slow  # trains the GPT-2-style model
 def test_gpt_summary_keeps_every_key_and_has_no_neuron_alignment(trained, trained_gpt):
   assert set(trained_gpt.summary) == set(trained.summary)
   assert trained_gpt.summary["large_neurons_cos_mean_idr"] is None
@@ -183,6 +185,7 @@ def test_gpt_summary_keeps_every_key_and_has_no_neuron_alignment(trained, traine
   assert os.path.exists(os.path.join(trained_gpt.workdir, "classification.png"))
 
 
+@pytest.mark.slow  # trains the GPT-2-style model
 def test_a_workdir_of_the_other_model_is_refused(trained_gpt):
   with pytest.raises(icl_theory.ConfigError, match=r"fields .*model.* differ"):
     icl_theory.train(_config(**{**_GPT, "model": "softmax_mlp"}), trained_gpt.workdir)

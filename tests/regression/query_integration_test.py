@@ -65,7 +65,13 @@ _NUM_FUNCTIONS = 3
 _NUM_QUERIES = 200_000
 
 
-@pytest.mark.parametrize("response", RESPONSES)
+def _slow_except(cases, fast):
+  """The cases as pytest params, all but `fast` marked slow (the fast subset keeps one of each test)."""
+  return [pytest.param(*(case if isinstance(case, tuple) else (case,)),
+                       marks=() if case == fast else pytest.mark.slow) for case in cases]
+
+
+@pytest.mark.parametrize("response", _slow_except(RESPONSES, "cube"))
 def test_query_moments_match_monte_carlo_over_the_query(response):
   task = _task(response)
   _, f = regression._sample(jax.random.PRNGKey(0), task, _NUM_FUNCTIONS)
@@ -131,7 +137,7 @@ _LOSS_CASES = ([(r, 1, 0.3, False) for r in RESPONSES if r != "cube"] + [(r, 1, 
                + [("linear", 2, 0.1, False), ("mlp", 2, 0.1, False)])
 
 
-@pytest.mark.parametrize("response, num_layers, scale, gd_family", _LOSS_CASES)
+@pytest.mark.parametrize("response, num_layers, scale, gd_family", _slow_except(_LOSS_CASES, ("cube", 1, 0.3, True)))
 def test_integrated_loss_is_the_token_loss_in_expectation(response, num_layers, scale, gd_family):
   task = _task(response)
   params = _random_params(jax.random.PRNGKey(5), num_layers, scale)
