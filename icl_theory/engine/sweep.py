@@ -177,6 +177,8 @@ def _finished_rows(path: str, points: list[dict[str, Any]]) -> list[dict] | None
   if not os.path.exists(path):
     return None
   held = files.read_json(path)
+  if not isinstance(held, dict):  # a sweep written before evaluation points existed: resume it (no retraining)
+    return None
   return held["rows"] if held["eval_points"] == files.to_builtin(points) else None
 
 
