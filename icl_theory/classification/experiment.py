@@ -115,11 +115,6 @@ def describe_model(config: ml_collections.ConfigDict | dict[str, Any]) -> str:
   return f"softmax attention + MLP (m={config['m']})"
 
 
-def make_optimizer(config: ml_collections.ConfigDict):
-  """The config's optimizer and learning-rate schedule."""
-  return trainer.optimizer_from_config(config)
-
-
 def make_objective(task: ClassificationTask, config: ml_collections.ConfigDict) -> trainer.Objective:
   """Hinge loss of F(P) on a fresh batch of training-task prompts at the config's alpha and prompt length."""
   model = make_model(config)

@@ -53,6 +53,7 @@ class Group:
   devices: Sequence[jax.Device] | None = None
   label: str = ""  # for progress lines: the group's name in a sweep
   tasks: Any = dataclasses.field(init=False)  # the runs' tasks, stacked along a run axis
+  first_task: Any = dataclasses.field(init=False)  # the first run's, unstacked
   objective: trainer.Objective = dataclasses.field(init=False)
   optimizer: optax.GradientTransformation = dataclasses.field(init=False)
   lr_schedule: optax.Schedule = dataclasses.field(init=False)
@@ -63,8 +64,9 @@ class Group:
   def __post_init__(self):
     tasks = [self.experiment.build_task(config) for config in self.configs]
     self.tasks = stack(tasks)
+    self.first_task = tasks[0]
     first = self.configs[0]
-    self.objective = self.experiment.objective(tasks[0], first, len(self.configs))
+    self.objective = self.experiment.objective(self.first_task, first, len(self.configs))
     self.optimizer, self.lr_schedule = trainer.optimizer_from_config(first)
     self.settings = trainer.LoopSettings.from_config(first)
 
@@ -108,8 +110,7 @@ class Group:
 
   def fit(self, workdir: str | None, stop_on_divergence: bool = False) -> trainer.FitResult:
     """Trains the runs (resuming from `workdir`'s checkpoint); leaves have a leading run axis."""
-    reference = self.experiment.reference_loss(self.experiment.build_task(self.configs[0])) \
-        if len(self.configs) == 1 else None
+    reference = self.experiment.reference_loss(self.first_task) if len(self.configs) == 1 else None
     programs = self.training.result() if self.training is not None else self._compile_training()
     fit_group = precision.scoped(trainer.fit_group)  # a resumed run may compile a chunk length here
     return fit_group(self.objective, self.optimizer, self.lr_schedule, self.settings, self.seeds, self.tasks, workdir,

@@ -262,7 +262,7 @@ def test_a_trained_model_attends_to_the_querys_pattern_and_survives_smallest_fir
                 warmup_steps=20, log_every=200, checkpoint_every=0)
   task = classification.validate_config(config)
   objective = classification.make_objective(task, config)
-  optimizer, schedule = classification.make_optimizer(config)
+  optimizer, schedule = trainer.optimizer_from_config(config)
   result = trainer.fit(objective, optimizer, schedule, trainer.LoopSettings.from_config(config), config.seed, task)
   params = result.state.params
   init = objective.init(jax.random.split(jax.random.PRNGKey(config.seed))[0])  # the trainer's initial parameters
