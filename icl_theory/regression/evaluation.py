@@ -124,9 +124,22 @@ def _gd_predict(lr: jax.Array, prompts: Prompts) -> jax.Array:
   return baselines.one_step_gd(prompts, lr)
 
 
+def determined_by_context(task: RegressionTask) -> bool:
+  """Whether every context determines its w: noiseless linear data with n >= d (task values, not tracers).
+
+  X then has full column rank almost surely, so the posterior is a point mass and
+  ridge (the posterior mean) and OLS both predict exactly: their risks are 0, with
+  no Monte Carlo needed (it costs most of a small run's evaluation).
+  """
+  return task.is_gaussian and task.n >= task.d and not np.any(np.asarray(task.noise_std))
+
+
 def _baseline_arrays(task: RegressionTask, gamma_star: jax.Array, key: jax.Array, num_samples: int,
-                     gamma_mc_samples: int) -> dict[str, jax.Array]:
-  """baseline_risks() as a pure function of arrays: it jits, and vmaps over runs."""
+                     gamma_mc_samples: int, determined: bool = False) -> dict[str, jax.Array]:
+  """baseline_risks() as a pure function of arrays: it jits, and vmaps over runs.
+
+  `determined`: `determined_by_context(task)`, decided on the host (ridge and OLS risks are then 0).
+  """
   k_eta, _, k_risk = jax.random.split(key, 3)
   mc = lambda predict: theory.prediction_risk_mc(k_risk, task, num_samples, predict)
   out = {}
@@ -134,7 +147,10 @@ def _baseline_arrays(task: RegressionTask, gamma_star: jax.Array, key: jax.Array
     eta = theory.optimal_gd_lr(task)
     out["one_step_gd_risk"], out["one_step_gd_risk_stderr"] = theory.gamma_risk(eta * jnp.eye(task.d), task), 0.0
     out["preconditioned_gd_risk"], out["preconditioned_gd_risk_stderr"] = theory.optimal_risk(task), 0.0
-    out["ridge_risk"], out["ridge_risk_stderr"] = theory.bayes_risk(task, k_risk, num_samples)
+    if determined:
+      out["ridge_risk"], out["ridge_risk_stderr"] = 0.0, 0.0
+    else:
+      out["ridge_risk"], out["ridge_risk_stderr"] = theory.bayes_risk(task, k_risk, num_samples)
   else:
     eta = theory.optimal_gd_lr_mc(task, k_eta, gamma_mc_samples).value
     out["one_step_gd_risk"], out["one_step_gd_risk_stderr"] = mc(jax.tree_util.Partial(_gd_predict, eta))
@@ -142,7 +158,9 @@ def _baseline_arrays(task: RegressionTask, gamma_star: jax.Array, key: jax.Array
         jax.tree_util.Partial(theory.gamma_predict, gamma_star))
     out["ridge_risk"], out["ridge_risk_stderr"] = mc(jax.tree_util.Partial(_ridge_predict, task))
   out["one_step_gd_lr"] = eta
-  if task.is_gaussian and task.n >= task.d + 2:
+  if determined:
+    out["ols_risk"], out["ols_risk_stderr"] = 0.0, 0.0
+  elif task.is_gaussian and task.n >= task.d + 2:
     out["ols_risk"], out["ols_risk_stderr"] = theory.ols_risk(task), 0.0
   else:
     out["ols_risk"], out["ols_risk_stderr"] = mc(jax.tree_util.Partial(_ols_predict))
@@ -163,8 +181,8 @@ def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_sampl
   key = jax.random.PRNGKey(0) if key is None else key
   if gamma_star is None:
     gamma_star = reference_gamma(task, jax.random.split(key, 3)[1], gamma_mc_samples)
-  out = jax.jit(_baseline_arrays, static_argnames=("num_samples", "gamma_mc_samples"))(
-      task, jnp.asarray(gamma_star, jnp.float32), key, num_samples, gamma_mc_samples)
+  out = jax.jit(_baseline_arrays, static_argnames=("num_samples", "gamma_mc_samples", "determined"))(
+      task, jnp.asarray(gamma_star, jnp.float32), key, num_samples, gamma_mc_samples, determined_by_context(task))
   return {k: float(v) for k, v in out.items()}
 
 
@@ -173,10 +191,12 @@ def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_sampl
 TASK_KEY_SEED = 20_231
 
 
-def _task_reference(task: RegressionTask, num_samples: int, gamma_mc_samples: int) -> dict[str, jax.Array]:
+def _task_reference(task: RegressionTask, num_samples: int, gamma_mc_samples: int,
+                    determined: bool = False) -> dict[str, jax.Array]:
   key = jax.random.PRNGKey(TASK_KEY_SEED)
   gamma_star = _reference_gamma(task, jax.random.split(key, 3)[1], gamma_mc_samples)
-  return {"optimal_gamma": gamma_star, **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples)}
+  return {"optimal_gamma": gamma_star,
+          **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples, determined)}
 
 
 def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.ndarray]:
@@ -242,7 +262,9 @@ def compile_evaluation(param_shapes: Any, tasks: RegressionTask, num_samples: in
   tasks = jax.device_get(tasks)
   num_runs = jax.tree.leaves(tasks)[0].shape[0]
   distinct, index = _distinct(tasks, num_runs)
-  reference = _compile_per_run(lambda t: _task_reference(t, num_samples, gamma_mc_samples), (distinct,), devices)
+  determined = determined_by_context(distinct)
+  reference = _compile_per_run(lambda t: _task_reference(t, num_samples, gamma_mc_samples, determined),
+                               (distinct,), devices)
   gamma_shapes = jax.ShapeDtypeStruct((num_runs, tasks.d, tasks.d), jnp.float32)
   if key_shapes is None:
     key_shapes = jax.ShapeDtypeStruct((num_runs, 2), jnp.uint32)

@@ -114,3 +114,20 @@ def test_one_run_at_a_time_is_the_vmap():
   vmapped = jax.jit(sharding.per_run(fn, runs))(keys, scales)
   np.testing.assert_allclose(looped, vmapped, rtol=1e-6)
   assert len(set(np.asarray(looped).tolist())) == 3
+
+
+def test_contexts_that_determine_w_give_ridge_and_ols_risk_zero_without_monte_carlo():
+  # Noiseless linear data with n >= d: the shortcut's 0 is what the Monte Carlo estimates converge to.
+  task = RegressionTask(d=4, n=4, cov_x="geometric:5@1")
+  assert analysis.determined_by_context(task)
+  baselines = analysis.baseline_risks(task, num_samples=2048)
+  assert baselines["ridge_risk"] == baselines["ols_risk"] == 0.0
+  mc = theory.bayes_risk(task, jax.random.PRNGKey(3), 2048)
+  assert abs(float(mc.value)) < 1e-3, mc
+  ols = theory.prediction_risk_mc(jax.random.PRNGKey(3), task, 2048, jax.tree_util.Partial(analysis._ols_predict))
+  assert abs(float(ols.value)) < 1e-3, ols
+  # Noise, a short context or a nonlinear response: the context does not determine the prediction.
+  for other in (RegressionTask(d=4, n=4, noise_std=0.1), RegressionTask(d=4, n=3),
+                RegressionTask(d=4, n=8, response="relu")):
+    assert not analysis.determined_by_context(other)
+  assert analysis.baseline_risks(RegressionTask(d=4, n=3), num_samples=2048)["ridge_risk"] > 0.1
