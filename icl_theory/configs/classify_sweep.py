@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.base.test_prompt_lens = (10,)   # single-run tables (a sweep's rows do not use them): kept short
   config.base.test_alphas = (0.5,)       # idem
   config.base.test_s1s = (1.0,)          # idem
+  config.base.test_ood_alphas = (0.5,)   # idem
 
   # Training axes: every combination, times num_seeds, is one trained run.
   config.alpha_values = (0.5, 0.8)       # training alpha: 0.5 ties the labels' majority, 0.8 makes it right
