@@ -16,8 +16,9 @@ only c_jk >= 0 and sum_k c_jk = S1, so each is our choice):
   training_pairs      contiguous groups {0, 1}, {2, 3}, ...: for M1' = M1/2 each group is
                       a training pair, whose two patterns training teaches to repel
                       each other in attention (a caveat of the trained model, measured)
-  non_training_pairs  strided groups {j, j + M1', j + 2 M1', ...}: no two members are a
-                      training pair (a ConfigError when the sizes make that impossible)
+  non_training_pairs  strided groups {j, j + M1', j + 2 M1', ...} ({0,3}, {1,4}, {2,5}), or
+                      if one of those holds a training pair another partition with none
+                      (a ConfigError when the sizes make that impossible)
   random              per draw, a random partition of the IDR patterns into M1' groups
                       (sizes as contiguous) with Dirichlet(1) weights times S1; the
                       `ood_draws` draws are stacked, so a uniform draw of an ODR task
@@ -105,6 +106,32 @@ def _contains_training_pair(group: list[int], num_relevant: int) -> bool:
   return any((b - a) % num_relevant in (1, num_relevant - 1) for a in group for b in group if a != b)
 
 
+def non_training_groups(num_relevant: int, num_ood: int) -> list[list[int]] | None:
+  """M1' disjoint groups of the IDR indices (sizes as `ood_groups`), none holding a training pair (a, a+1 mod M1):
+  the strided groups when they qualify ({0, 3}, {1, 4}, {2, 5} for M1 = 6, M1' = 3), else the first such
+  partition in lexicographic order; None when there is none."""
+  strided = strided_groups(num_relevant, num_ood)
+  if not any(_contains_training_pair(g, num_relevant) for g in strided):
+    return strided
+  sizes = [len(g) for g in ood_groups(num_relevant, num_ood)]
+  groups: list[list[int]] = [[] for _ in sizes]
+
+  def place(k: int) -> bool:  # backtracking: put index k into a group with room and no neighbour of k
+    if k == num_relevant:
+      return True
+    for group, size in zip(groups, sizes):
+      if len(group) < size and not _contains_training_pair(group + [k], num_relevant):
+        group.append(k)
+        if place(k + 1):
+          return True
+        group.pop()
+      if not group:  # empty groups are interchangeable: trying one is enough
+        break
+    return False
+
+  return groups if place(0) else None
+
+
 def ood_coefficients(construction: str, num_relevant: int, num_ood: int, draws: int, s1: float,
                      seed: int) -> np.ndarray:
   """c (draws * M1', M1), float64: `draws` blocks of M1' ODR patterns, each row >= 0 summing to s1, the rows of a
@@ -118,11 +145,11 @@ def ood_coefficients(construction: str, num_relevant: int, num_ood: int, draws: 
   if construction == "training_pairs":
     return np.tile(odr_coefficients(num_relevant, num_ood, s1), (draws, 1))
   if construction == "non_training_pairs":
-    groups = strided_groups(num_relevant, num_ood)
-    if any(_contains_training_pair(g, num_relevant) for g in groups):
+    groups = non_training_groups(num_relevant, num_ood)
+    if groups is None:
       raise fail("ood_construction", construction,
-                 f"possible only when the strided groups {groups} of M1={num_relevant} patterns hold no training pair "
-                 f"(a, a+1 mod M1); choose another num_ood_patterns or construction")
+                 f"possible only when M1={num_relevant} patterns split into num_ood_patterns={num_ood} groups none of "
+                 f"which holds a training pair (a, a+1 mod M1); choose another num_ood_patterns or construction")
     block = np.zeros((num_ood, num_relevant))
     for j, group in enumerate(groups):
       block[j, group] = s1 / len(group)

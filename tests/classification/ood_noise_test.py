@@ -12,6 +12,7 @@ import pytest
 from icl_theory.classification.task import (OOD_CONSTRUCTIONS, OUTCOMES, ClassificationPrompts, ClassificationTask,
                                              hinge_losses, outcome_sums, sample_prompts_by_count, strided_groups,
                                              training_pairs)
+from icl_theory.classification import task as classification_task
 from icl_theory.engine.validation import ConfigError
 
 _Z = 4.0  # Monte Carlo checks hold within this many standard errors
@@ -68,7 +69,7 @@ def _training_pair_sets(m1: int) -> set[frozenset]:
 def test_training_pairs_groups_are_training_pairs_and_non_training_pairs_groups_hold_none():
   pairs = _training_pair_sets(6)
   assert set(_groups(np.asarray(_task("training_pairs", draws=1).odr_coefficients))) <= pairs
-  for m1, num_ood in ((6, 3), (6, 2), (8, 4), (9, 3)):
+  for m1, num_ood in ((6, 3), (6, 2), (8, 4), (9, 3), (4, 3), (7, 3), (5, 3)):
     train = _training_pair_sets(m1)
     for group in _groups(np.asarray(_task("non_training_pairs", m1, num_ood, 1).odr_coefficients)):
       assert not any(frozenset((a, b)) in train for a in group for b in group if a != b), (m1, num_ood, group)
@@ -76,9 +77,13 @@ def test_training_pairs_groups_are_training_pairs_and_non_training_pairs_groups_
 
 
 def test_non_training_pairs_refuses_sizes_where_a_group_must_hold_a_training_pair():
-  # M1 = 5, M1' = 2: {0, 2, 4} holds 4 and 0, neighbours mod 5.
+  # M1 = 5, M1' = 2: a group of 3 of the 5 patterns on a cycle always holds two neighbours.
   with pytest.raises(ConfigError, match="^ood_construction='non_training_pairs' is not allowed"):
     _task("non_training_pairs", 5, 2)
+  # M1 = 4, M1' = 3: the strided group {0, 3} holds neighbours, so another partition is searched for.
+  groups = classification_task.non_training_groups(4, 3)
+  assert groups != strided_groups(4, 3) and sorted(i for g in groups for i in g) == [0, 1, 2, 3]
+  assert sorted(map(len, groups)) == sorted(map(len, classification_task.ood_groups(4, 3)))
 
 
 def test_random_draws_differ_scale_with_s1_and_come_from_the_seed():
