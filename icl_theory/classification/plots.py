@@ -34,11 +34,13 @@ def plot_classification_run(summary: dict[str, Any], history: Sequence[dict], pa
     xs = [r[key] for r in rows]
     for prefix, label, color in (("unseen_task", "unseen tasks", "C0"), ("ood", "out of domain", "C1")):
       ax.errorbar(xs, [r[f"{prefix}_error"] for r in rows], yerr=[r[f"{prefix}_error_stderr"] for r in rows],
-                  fmt="o-", color=color, capsize=3, label=f"ICL, {label}")
-    ax.plot(xs, [r["unseen_task_majority_vote_error"] for r in rows], "k:", label="majority vote")
-    ax.set_ylim(-0.03, 1.03)
+                  fmt="o-", color=color, capsize=3, label=f"ICL error, {label}")
+      if all(f"{prefix}_hinge" in r for r in rows):  # summaries written before the hinge loss was reported lack it
+        ax.plot(xs, [r[f"{prefix}_hinge"] for r in rows], "s--", color=color, ms=3, label=f"hinge loss, {label}")
+    ax.plot(xs, [r["unseen_task_majority_vote_error"] for r in rows], "k:", label="majority vote error")
+    ax.set_ylim(bottom=-0.03)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("classification error")
+    ax.set_ylabel("classification error (solid), hinge loss (dashed)")
     ax.set_title(f"error {title}")
     ax.legend(fontsize=8)
   ax_len.set_xscale("log")
