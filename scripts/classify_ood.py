@@ -317,8 +317,9 @@ def what_is_learned(by_alpha: list[dict]) -> list[dict]:
   """Per model and training alpha: does it read the query's pattern or the labels' majority?
 
   At alpha' = LEARNED_ALPHA the majority of the context labels is always wrong (majority vote's error is 1), so a
-  model that votes errs on every prompt and one that attends to the query's pattern on none. Beside it the
-  attention on the query's pattern at alpha' = 0.5, where the two readings still agree.
+  model that votes errs on every prompt and one that attends to the query's pattern on none. At alpha' = 0.5 the
+  labels tie (majority vote's error is 1/2): a model that errs there on no prompt reads the query's pattern at
+  least to break ties. Beside them the attention on the query's pattern at alpha' = 0.5.
   """
   out = []
   for model, train_alpha in dict.fromkeys((r["model"], r["train_alpha"]) for r in by_alpha):
@@ -332,10 +333,16 @@ def what_is_learned(by_alpha: list[dict]) -> list[dict]:
         row[f"{name}_hinge_at_{LEARNED_ALPHA:g}"] = r["hinge"]
         row[f"majority_vote_error_at_{LEARNED_ALPHA:g}"] = r["majority_vote_error"]
       if r["alpha_test"] == 0.5:
+        row[f"{name}_error_at_0.5"] = r["error"]
         row[f"{name}_attention_same_at_0.5"] = r["attention_same"]
-    unseen = row[f"unseen_error_at_{LEARNED_ALPHA:g}"]
-    row["reads"] = ("the query's pattern" if unseen <= NEAR_ZERO else "the labels' majority" if unseen >= 1 - NEAR_ZERO
-                    else "a mixture")
+    wrong_majority, tie = row[f"unseen_error_at_{LEARNED_ALPHA:g}"], row["unseen_error_at_0.5"]
+    if wrong_majority <= NEAR_ZERO:
+      row["reads"] = "the query's pattern (against the majority)"
+    elif wrong_majority >= 1 - NEAR_ZERO:
+      row["reads"] = ("the labels' majority, the query's pattern breaking ties" if tie <= NEAR_ZERO
+                      else "the labels' majority")
+    else:
+      row["reads"] = "a mixture"
     out.append(row)
   return out
 
