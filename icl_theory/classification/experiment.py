@@ -369,8 +369,8 @@ def format_summary(summary: dict[str, Any]) -> str:
   for c in dict.fromkeys(row.get("ood_construction", construction) for row in summary["ood_error_by_s1"]):
     lines += ["", f"ood error (hinge loss) by s1 (rows) and alpha' (columns), {c}, l={config['test_prompt_len']}",
               "  " + " " * 10 + "".join(f"{a:>16g}" for a in alphas)]
-    lines += [f"  {f's1={s:g}':10s}" + "".join(f"{ood[(c, s, a)]['ood_error']:8.4f} ({ood[(c, s, a)]['ood_hinge']:5.2f})"
-                                              for a in alphas) for s in s1s]
+    cell = lambda row: f"{row['ood_error']:8.4f} ({row['ood_hinge']:5.2f})"
+    lines += [f"  {f's1={s:g}':10s}" + "".join(cell(ood[(c, s, a)]) for a in alphas) for s in s1s]
   if summary["large_neurons_cos_mean_idr"] is not None:
     lines += ["", f"large neurons of W_O W_V: cosine with the mean IDR pattern "
                   f"{summary['large_neurons_cos_mean_idr']:.3f}, with sign(a_i) q "

@@ -59,7 +59,9 @@ SWEEP_EVALUATION_FIELDS = {"alpha_test": "$\\alpha'$ (share of test contexts wit
                            "s1": "$S_1$ (coefficient sum of each out-of-domain relevant pattern)",
                            "test_prompt_len": "test prompt length"}
 _SWEEP_SHORT = {"alpha": "$\\alpha$", "model": "model", "prompt_len": "l", "alpha_test": "$\\alpha'$",
-                "s1": "$S_1$", "test_prompt_len": "test l"}
+                "s1": "$S_1$", "test_prompt_len": "test l", "ood_construction": "ODR"}
+# Evaluation fields that are never an x axis but, when they vary, split the panels (a categorical axis).
+SWEEP_PANEL_FIELDS = ("ood_construction",)
 _SWEEP_DOMAINS = (("unseen_task", "unseen tasks (in domain)"), ("ood", "out of domain"))
 
 
@@ -98,17 +100,19 @@ def plot_sweep(rows: Sequence[dict], directory: str) -> None:
   error_vs_<field>.png for each evaluation field (alpha_test, s1, test_prompt_len) with
   more than one value among the rows: the unseen-task and out-of-domain error against
   it, mean over seeds +- standard error over seeds, one line per training point (the
-  alpha, model, prompt_len values that differ), majority vote dashed; a row of panels
-  per combination of the other varying evaluation fields. training.png: the final
+  alpha, model, prompt_len values that differ), its hinge loss dashed, majority vote
+  black dashed; a row of panels per combination of the other varying evaluation fields
+  (ood_construction included). training.png: the final
   training loss of each training point (mean +- s.e. over seeds, each seed a dot).
   """
   finished = [r for r in rows if r.get("status") == "finished"]
   training = _varying(rows, SWEEP_TRAINING_FIELDS)
   evaluation = _varying(rows, tuple(SWEEP_EVALUATION_FIELDS))
+  panels = _varying(rows, SWEEP_PANEL_FIELDS)
   points = sorted({tuple(r.get(f) for f in training) for r in rows}, key=repr)
   label = lambda point: _describe(dict(zip(training, point))) or "trained model"
   for field in evaluation:
-    _plot_error_vs(finished, field, [f for f in evaluation if f != field], training, points, label,
+    _plot_error_vs(finished, field, [f for f in evaluation if f != field] + panels, training, points, label,
                    os.path.join(directory, f"error_vs_{field}.png"))
   _plot_training(rows, training, points, label, os.path.join(directory, "training.png"))
 
@@ -131,6 +135,12 @@ def _plot_error_vs(rows: Sequence[dict], field: str, others: Sequence[str], trai
         stats = [_mean_se(at[i]) for i in keep]
         ax.errorbar([xs[i] for i in keep], [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-",
                     color=f"C{j}", ms=4, capsize=3, label=f"ICL, {label(point)}")
+        hinge = [[r[f"{prefix}_hinge"] for r in mine if r[field] == x and r.get(f"{prefix}_hinge") is not None]
+                 for x in xs]
+        if any(hinge):  # rows written before the hinge loss was reported lack it
+          kept = [i for i, v in enumerate(hinge) if v]
+          ax.plot([xs[i] for i in kept], [np.mean(hinge[i]) for i in kept], "--", color=f"C{j}", lw=1,
+                  label="its hinge loss" if j == 0 else None)
       votes = [[r[f"{prefix}_majority_vote_error"] for r in here
                 if r[field] == x and r.get(f"{prefix}_majority_vote_error") is not None] for x in xs]
       keep = [i for i, v in enumerate(votes) if v]
@@ -140,7 +150,7 @@ def _plot_error_vs(rows: Sequence[dict], field: str, others: Sequence[str], trai
       elif len(xs) <= 8:
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
       fixed = _describe(dict(zip(others, setting)))
-      ax.set(xlabel=SWEEP_EVALUATION_FIELDS[field], ylabel="classification error", ylim=(-0.03, 1.03),
+      ax.set(xlabel=SWEEP_EVALUATION_FIELDS[field], ylabel="error (solid), hinge loss (dashed)", ylim=(-0.03, None),
              title=f"{domain}" + (f", {fixed}" if fixed else "")
              + f" ({seeds} seed{'s' if seeds > 1 else ''}" + (", mean +- s.e.)" if seeds > 1 else ")"))
       ax.legend(fontsize=7)

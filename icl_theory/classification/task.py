@@ -247,7 +247,8 @@ class ClassificationTask:
     draws = check_int("ood_draws", self.ood_draws, 1)
     label_noise = check_float("label_noise", self.label_noise, minimum=0.0)
     if label_noise > 0.5:
-      raise fail("label_noise", self.label_noise, "a probability in [0, 0.5] (above 1/2 the labels mean their opposite)")
+      raise fail("label_noise", self.label_noise,
+                 "a probability in [0, 0.5] (above 1/2 the labels mean their opposite)")
     feature_noise = check_float("feature_noise", self.feature_noise, minimum=0.0)
 
     # Orthonormal patterns: the Q factor of a Gaussian matrix, in float64 so they are orthonormal to float32 precision.

@@ -154,6 +154,13 @@ def test_c_plot_sweep_draws_each_varying_evaluation_field_and_training(tmp_path)
     assert os.path.getsize(tmp_path / name) > 10_000
 
 
+def test_plot_sweep_splits_panels_by_ood_construction_and_draws_the_hinge_loss(tmp_path):
+  rows = [{**row, "ood_construction": construction, **{f"{p}_hinge": 0.5 for p in ("unseen_task", "ood")}}
+          for construction in ("training_pairs", "random") for row in _rows()]
+  plots.plot_sweep(rows, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["error_vs_alpha_test.png", "training.png"]
+
+
 def test_format_sweep():
   text = EXPERIMENT.format_sweep(_rows())
   assert text.splitlines()[0].startswith("8/9 rows finished")
