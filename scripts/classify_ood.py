@@ -47,9 +47,10 @@ is our choice (the paper fixes only non-negative coefficients summing to S1).
 With --workdir the sweeps are kept there and a rerun resumes: finished sweeps and
 the transformer's attention by layer are read back, unfinished training resumes
 from its checkpoint. Another --seeds needs a new --workdir (a sweep's seeds are
-part of its config). Most of the time is the transformer's evaluation (63
-evaluation points per seed; the training and unseen tasks are measured once per
-alpha', as they do not depend on S1); results/README.md has the measured time.
+part of its config). Most of the time is the transformer's training and evaluation
+(25 evaluation points per run, under the default construction only; the training and
+unseen tasks are measured once per alpha', as they depend on neither S1 nor the
+construction); results/README.md has the measured time.
 """
 
 import functools

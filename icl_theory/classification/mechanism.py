@@ -16,8 +16,9 @@ of training, from a script or a notebook:
   error_by_count        the ICL error with exactly k same-pattern contexts, for
                         every k = 0..l; `binomial_mixture` turns it into the error
                         when each context shares the query's pattern with
-                        probability alpha' (claim 3: prompt length);
-                        `sample_binomial_prompts` draws such prompts
+                        probability alpha' (a variant: the paper's alpha' is a fixed
+                        fraction, floor(alpha' l), which scripts/classify_paper.py
+                        measures); `sample_binomial_prompts` draws such prompts
   classical_predictions scikit-learn classifiers fit on each prompt's own
                         context and scored on its query (claim 6)
 
@@ -231,8 +232,8 @@ def error_by_count(params: Mapping[str, Any], task: ClassificationTask, key: jax
                    num_samples: int, domain: str = "unseen", counts: Sequence[int] | None = None) -> CountErrors:
   """ICL error, attention mass and majority-vote error with exactly k of the l contexts on the query's pattern.
 
-  `counts` defaults to every k = 0..l. k = 0 (no context carries the query's
-  pattern) is allowed here, unlike `num_same`, which always puts one in. Every
+  `counts` defaults to every k = 0..l, k = 0 (no context carries the query's
+  pattern) included. Every
   count sees the same prompts apart from which contexts carry which pattern
   (one key), so differences between counts are not sampling noise.
   """
