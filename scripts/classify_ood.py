@@ -1,24 +1,30 @@
 r"""Claim 2 of Li et al. 2024 (docs/theory.md Part B): out of domain, near-zero error when S1 >= 1, and not below.
 
-    python3 scripts/classify_ood.py [--out=results/classify] [--workdir=DIR] [--seeds=3]
+    python3 scripts/classify_ood.py [--out=results/classify] [--workdir=DIR] [--seeds=2]
 
 Runs one classification sweep (icl_theory.run_sweep) per model, into WORKDIR/one_layer/
-and WORKDIR/gpt/: --seeds runs (seeds 0, 1, ...) of the one-layer softmax attention +
-MLP (the default config of icl_theory/configs/classify.py) or of the 3-layer, 2-head
-GPT-2-style transformer (model='gpt', Adam), both on the same prompts: the 12
-training tasks, alpha = 1/2, l = 20, hinge loss. Each trained run is evaluated,
-without retraining, at every alpha' x S1 of the sweep's evaluation axes, on 4096
-fresh prompts of l = 20 per estimate (out of domain: ODR patterns
-S1/2 (mu_2k + mu_2k+1), new irrelevant directions). From the sweeps' rows, and for
-the transformer's attention by layer from its trained parameters
+and WORKDIR/gpt/: for each training alpha in (0.5, 0.8) (ours and the paper's), --seeds
+runs (seeds 0, 1, ...) of the one-layer softmax attention + MLP (the default config of
+icl_theory/configs/classify.py) or of the 3-layer, 2-head GPT-2-style transformer
+(model='gpt', Adam), both on the same prompts: the 12 training tasks, l = 20, hinge
+loss. Each trained run is evaluated, without retraining, at every alpha' x S1 x ODR
+construction of the sweep's evaluation axes, on EVAL_SAMPLES fresh prompts of l = 20
+per estimate (out of domain: ODR patterns built by each construction of
+icl_theory.classification.task, new irrelevant directions). From the sweeps' rows,
+and for the transformer's attention by layer from its trained parameters
 (icl_theory.load_run), it writes to OUT/ood/:
 
-  ood_by_s1.csv        per model, alpha' and S1: the ICL error (mean over seeds, its
-                       standard error over seeds, and the largest Monte Carlo
-                       standard error of a seed), majority vote's error, the attention
-                       on the query's pattern (the model's returned attention)
-  error_by_alpha.csv   per model and alpha': training tasks, unseen tasks (in domain)
-                       and out of domain at S1 = 1, beside majority vote
+  ood_by_s1.csv        per model, training alpha, construction, alpha' and S1: the ICL
+                       error and hinge loss (mean over seeds, standard error over
+                       seeds, the largest Monte Carlo standard error of a seed), the
+                       mean margin, majority vote's error, the attention on the query's
+                       pattern (the model's returned attention)
+  error_by_alpha.csv   per model, training alpha and alpha': training tasks, unseen tasks
+                       (in domain) and out of domain (each construction) at S1 = 1
+  what_is_learned.csv  per model and training alpha: attention on the query's pattern
+                       and the error where the labels' majority is always wrong
+                       (alpha' = 0.3), in and out of domain: attention to the query's
+                       pattern classifies there, majority vote errs on every prompt
   runs.csv             every run's rows, per seed (the tables above average them)
   gpt_attention_by_layer.csv
                        the transformer's query attention on its pattern's contexts by
@@ -26,22 +32,25 @@ the transformer's attention by layer from its trained parameters
                        (per seed, then averaged), on training and unseen tasks and out
                        of domain at S1 = 1 and 2, alpha' = 0.3 and 0.5
   summary.json         the settings, each run's training figures, each sweep's folder
-                       and times, and per model and alpha' the largest error over
-                       S1 >= 1 and the smallest below
-  ood_vs_s1.png        error against S1 per model, one line per alpha' (thin: single seeds),
-                       majority vote dashed
-  error_vs_alpha.png   in-domain against out-of-domain error across alpha', per model
+                       and times, and per model, training alpha, construction and alpha'
+                       the largest error and hinge loss over S1 >= 1 and the smallest below
+  ood_vs_s1.png        error (solid) and hinge loss (dashed) against S1, a panel per model,
+                       training alpha and construction, one colour per alpha'
+  error_vs_alpha.png   in-domain against out-of-domain error across alpha', per model and
+                       training alpha
 
 alpha' = 0.3 is where the majority of the context labels is always wrong: only
 attention to the query's pattern classifies there. alpha' = 0.8 is the seed
-paper's figure's setting, where majority vote alone is right.
+paper's figure's setting, where majority vote alone is right. Every construction
+is our choice (the paper fixes only non-negative coefficients summing to S1).
 
 With --workdir the sweeps are kept there and a rerun resumes: finished sweeps and
 the transformer's attention by layer are read back, unfinished training resumes
 from its checkpoint. Another --seeds needs a new --workdir (a sweep's seeds are
-part of its config). Most of the time is the transformer's evaluation (63
-evaluation points per seed; the training and unseen tasks are measured once per
-alpha', as they do not depend on S1); results/README.md has the measured time.
+part of its config). Most of the time is the transformer's training and evaluation
+(25 evaluation points per run, under the default construction only; the training and
+unseen tasks are measured once per alpha', as they depend on neither S1 nor the
+construction); results/README.md has the measured time.
 """
 
 import functools
@@ -60,30 +69,34 @@ from absl import flags, logging
 import icl_theory
 from icl_theory import cli
 from icl_theory.engine import files, sharding
-from icl_theory.classification import plots
+from icl_theory.classification import claim_plots
 from icl_theory.configs import classify
 from icl_theory.classification import experiment as classification
-from icl_theory.classification.task import prompt_tokens, sample_prompts
+from icl_theory.classification.task import OOD_CONSTRUCTIONS, prompt_tokens, sample_prompts
 
 _OUT = flags.DEFINE_string("out", os.path.join("results", "classify"), "Folder for the ood/ result folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Keep the sweeps here (resumable); default: a temporary folder.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per model (0, 1, ...).", lower_bound=1)
+_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per model and training alpha (0, 1, ...).", lower_bound=1)
 
-S1S = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+TRAIN_ALPHAS = (0.5, 0.8)      # ours (the labels' majority is a tie) and the paper's (the majority is right)
+S1S = (0.5, 0.75, 1.0, 1.5, 2.0)
 OOD_ALPHAS = (0.3, 0.5, 0.8)   # alpha' of the S1 curves
-ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # alpha' of the in- against out-of-domain curves
+ALPHAS = (0.2, 0.3, 0.5, 0.6, 0.8)  # alpha' of the in- against out-of-domain curves
 ERROR_BY_ALPHA_S1 = 1.0  # the out-of-domain S1 of error_by_alpha
-# The sweeps' evaluation axes are ALPHAS x S1S: they must hold every point the tables read.
-assert set(OOD_ALPHAS) <= set(ALPHAS) and ERROR_BY_ALPHA_S1 in S1S
+# The transformer is evaluated under the default construction only (its evaluation dominates the script's time).
+MODEL_CONSTRUCTIONS = {"one_layer": OOD_CONSTRUCTIONS, "gpt": ("non_training_pairs",)}
+LEARNED_ALPHA = 0.3  # where the labels' majority is always wrong: what_is_learned reads the error there
+# The sweeps' evaluation axes are ALPHAS x S1S x constructions: they must hold every point the tables read.
+assert set(OOD_ALPHAS) <= set(ALPHAS) and ERROR_BY_ALPHA_S1 in S1S and LEARNED_ALPHA in ALPHAS
 PROMPT_LEN = 20
-EVAL_SAMPLES = 4096
+EVAL_SAMPLES = 2048
 # gpt: the query's attention by layer and head, in these domains (S1 for ood) and alpha'.
 LAYER_DOMAINS = (("train", None), ("unseen", None), ("ood", 1.0), ("ood", 2.0))
 LAYER_ALPHAS = (0.3, 0.5)
 LAYER_SAMPLES = 2048
 _LAYER_STREAM = 17  # the layer-attention prompts' key: eval_key(seed) folded with this
 _LAYER_FILE = "attention_by_layer.json"  # kept in the gpt sweep's workdir, read back by a rerun
-NEAR_ZERO = 0.05  # an error at or below this counts as near zero in the verdicts
+NEAR_ZERO = 0.05  # an error at or below this counts as near zero in the verdicts (our threshold)
 # The two models, as changes to the default classification config.
 MODELS = {
     "one_layer": {},
@@ -114,9 +127,11 @@ def sweep_config(name: str, seeds: int) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "classification_sweep"  # a label: the experiment trained is base.experiment
   config.base = run_config(name, 0)
+  config.alpha_values = TRAIN_ALPHAS
   config.num_seeds = seeds
   config.alpha_test_values = ALPHAS
   config.s1_values = S1S
+  config.ood_construction_values = MODEL_CONSTRUCTIONS[name]
   return config
 
 
@@ -127,24 +142,29 @@ def sweep_rows(name: str, rows: list[dict]) -> list[dict]:
   The sweep's keys are those of classification.domain_keys: one per domain, so the
   rows of a domain are paired (the same draws, at different S1 or alpha').
   """
-  at = {(row["seed"], row["alpha_test"], row["s1"]): row for row in rows}
+  at = {(row["alpha"], row["seed"], row["alpha_test"], row["s1"], row["ood_construction"]): row for row in rows}
   out = []
 
-  def measure(seed: int, table: str, domain: str, alpha: float, s1: float | None) -> dict:
-    row, prefix = at[(seed, alpha, ERROR_BY_ALPHA_S1 if s1 is None else s1)], classification.PREFIXES[domain]
-    return {"model": name, "seed": seed, "table": table, "domain": domain, "alpha_test": alpha, "s1": s1,
-            "error": row[f"{prefix}_error"], "error_stderr": row[f"{prefix}_error_stderr"],
-            "majority_vote_error": row[f"{prefix}_majority_vote_error"],
-            "attention_same": row[f"{prefix}_attention_same"]}
+  def measure(train_alpha: float, seed: int, table: str, domain: str, alpha: float, s1: float | None,
+              construction: str | None) -> dict:
+    key = (train_alpha, seed, alpha, ERROR_BY_ALPHA_S1 if s1 is None else s1, construction or constructions[0])
+    row, prefix = at[key], classification.PREFIXES[domain]
+    return {"model": name, "train_alpha": train_alpha, "seed": seed, "table": table, "domain": domain,
+            "ood_construction": construction, "alpha_test": alpha, "s1": s1,
+            **{figure: row[f"{prefix}_{figure}"] for figure in classification.FIGURES}}
 
-  for seed in dict.fromkeys(row["seed"] for row in rows):
-    status = at[(seed, ALPHAS[0], S1S[0])]["status"]
+  constructions = MODEL_CONSTRUCTIONS[name]
+  for train_alpha, seed in dict.fromkeys((row["alpha"], row["seed"]) for row in rows):
+    status = at[(train_alpha, seed, ALPHAS[0], S1S[0], constructions[0])]["status"]
     if status != "finished":
-      logging.warning("%s seed %d: %s; left out of the tables", name, seed, status)
+      logging.warning("%s alpha=%g seed %d: %s; left out of the tables", name, train_alpha, seed, status)
       continue
-    out += [measure(seed, "ood_by_s1", "ood", a, s1) for a in OOD_ALPHAS for s1 in S1S]
-    out += [measure(seed, "error_by_alpha", domain, a, ERROR_BY_ALPHA_S1 if domain == "ood" else None)
-            for a in ALPHAS for domain in classification.PREFIXES]
+    out += [measure(train_alpha, seed, "ood_by_s1", "ood", a, s1, c)
+            for c in constructions for a in OOD_ALPHAS for s1 in S1S]
+    out += [measure(train_alpha, seed, "error_by_alpha", domain, a, ERROR_BY_ALPHA_S1 if domain == "ood" else None,
+                    None if domain != "ood" else c)
+            for a in ALPHAS for domain in classification.PREFIXES
+            for c in (constructions if domain == "ood" else (None,))]
   return out
 
 
@@ -196,7 +216,7 @@ def run_model(name: str, seeds: int, workdir: str) -> tuple[list[dict], list[dic
   """Runs (or resumes) the model's sweep into workdir/name and reads it.
 
   Returns runs.csv's rows of the model; for gpt the rows of `layer_attention` per
-  seed (else []; kept in the sweep's folder and read back by a rerun); each run's
+  run (else []; kept in the sweep's folder and read back by a rerun); each run's
   entry of summary.json's "runs"; the model's entry of its "sweeps".
   """
   sweep_dir = os.path.join(workdir, name)
@@ -204,73 +224,127 @@ def run_model(name: str, seeds: int, workdir: str) -> tuple[list[dict], list[dic
   t0 = time.perf_counter()
   rows = icl_theory.run_sweep(config, sweep_dir)
   sweep_seconds = time.perf_counter() - t0
-  seed_list = [config.base.seed + i for i in range(seeds)]
-  loaded = {seed: icl_theory.load_run(sweep_dir, {"seed": seed}) for seed in seed_list}
+  runs_of = [(alpha, config.base.seed + i) for alpha in TRAIN_ALPHAS for i in range(seeds)]
+  loaded = {run: icl_theory.load_run(sweep_dir, {"alpha": run[0], "seed": run[1]}) for run in runs_of}
   layers = []
   if config.base.model == "gpt":
     path = os.path.join(sweep_dir, _LAYER_FILE)
-    settings = {**_layer_settings(), "seeds": seed_list}
+    settings = {**_layer_settings(), "runs": [list(run) for run in runs_of]}
     if os.path.exists(path) and files.read_json(path)["settings"] == settings:
       layers = files.read_json(path)["rows"]
     else:
-      layers = [{"model": name, "seed": seed, **row} for seed in seed_list for row in layer_attention(loaded[seed])]
+      layers = [{"model": name, "train_alpha": alpha, "seed": seed, **row}
+                for alpha, seed in runs_of for row in layer_attention(loaded[(alpha, seed)])]
       files.write_json(path, {"settings": settings, "rows": layers})
-  finished = {seed for seed in seed_list if loaded[seed].summary[0]["status"] == "finished"}
-  layers = [row for row in layers if row["seed"] in finished]
-  runs = [{"model": name, "seed": seed, "description": classification.describe_model(loaded[seed].config),
-           **{k: loaded[seed].summary[0][k] for k in ("final_train_loss", "steps", "status")}} for seed in seed_list]
-  history = loaded[seed_list[0]].history
-  record = {"model": name, "workdir": name, "runs": len(seed_list), "evaluation_points": len(ALPHAS) * len(S1S),
-            # The seeds train together, as one group: its training time (of the process that last trained it).
-            "train_seconds": history[-1]["elapsed_seconds"] if history else None,
+  finished = {run for run in runs_of if loaded[run].summary[0]["status"] == "finished"}
+  layers = [row for row in layers if (row["train_alpha"], row["seed"]) in finished]
+  runs = [{"model": name, "train_alpha": alpha, "seed": seed,
+           "description": classification.describe_model(loaded[(alpha, seed)].config),
+           **{k: loaded[(alpha, seed)].summary[0][k] for k in ("final_train_loss", "steps", "status")}}
+          for alpha, seed in runs_of]
+  record = {"model": name, "workdir": name, "runs": len(runs_of),
+            "evaluation_points": len(ALPHAS) * len(S1S) * len(MODEL_CONSTRUCTIONS[name]),
+            # Each training alpha is one group (its seeds train together): its training time.
+            "train_seconds": {str(alpha): (loaded[(alpha, 0)].history[-1]["elapsed_seconds"]
+                                           if loaded[(alpha, 0)].history else None) for alpha in TRAIN_ALPHAS},
             "seconds_this_process": sweep_seconds}
-  logging.info("%s: %d runs x %d evaluation points in %s (%.0f s in this process)", name, len(seed_list),
+  logging.info("%s: %d runs x %d evaluation points in %s (%.0f s in this process)", name, len(runs_of),
                record["evaluation_points"], sweep_dir, sweep_seconds)
   return sweep_rows(name, rows), layers, runs, record
 
 
 def aggregate_layers(rows: list[dict]) -> list[dict]:
-  """Mean over seeds per (domain, S1, alpha', layer) of each seed's max-head, min-head and head-mean mass."""
+  """Mean over seeds per (model, training alpha, domain, S1, alpha', layer) of each seed's max-head, min-head and
+  head-mean mass."""
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
-    groups.setdefault((row["model"], row["domain"], row["s1"], row["alpha_test"], row["layer"]), []).append(row)
-  return [{"model": model, "domain": domain, "s1": s1, "alpha_test": alpha, "layer": layer, "seeds": len(group),
+    groups.setdefault((row["model"], row["train_alpha"], row["domain"], row["s1"], row["alpha_test"], row["layer"]),
+                      []).append(row)
+  return [{"model": model, "train_alpha": train_alpha, "domain": domain, "s1": s1, "alpha_test": alpha,
+           "layer": layer, "seeds": len(group),
            **{k: float(np.mean([r[k] for r in group])) for k in ("head_max", "head_min", "head_mean")}}
-          for (model, domain, s1, alpha, layer), group in groups.items()]
+          for (model, train_alpha, domain, s1, alpha, layer), group in groups.items()]
+
+
+def _mean_over_seeds(group: list[dict], figure: str) -> dict:
+  values = np.array([r[figure] for r in group], np.float64)
+  return {figure: values.mean(),
+          f"{figure}_se_seeds": values.std(ddof=1) / np.sqrt(len(group)) if len(group) > 1 else None}
 
 
 def aggregate(rows: list[dict], table: str) -> list[dict]:
-  """Mean over seeds per (model, domain, alpha', S1), with the standard error over seeds."""
+  """Mean over seeds per (model, training alpha, domain, construction, alpha', S1), with standard errors over seeds."""
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
     if row["table"] == table:
-      groups.setdefault((row["model"], row["domain"], row["alpha_test"], row["s1"]), []).append(row)
+      groups.setdefault((row["model"], row["train_alpha"], row["domain"], row["ood_construction"], row["alpha_test"],
+                         row["s1"]), []).append(row)
   out = []
-  for (model, domain, alpha, s1), group in groups.items():
+  for (model, train_alpha, domain, construction, alpha, s1), group in groups.items():
     errors = np.array([r["error"] for r in group])
-    out.append({"model": model, "domain": domain, "alpha_test": alpha, "s1": s1, "seeds": len(group),
-                "error": errors.mean(),
-                "error_se_seeds": errors.std(ddof=1) / np.sqrt(len(group)) if len(group) > 1 else None,
+    out.append({"model": model, "train_alpha": train_alpha, "domain": domain, "ood_construction": construction,
+                "alpha_test": alpha, "s1": s1, "seeds": len(group),
+                **_mean_over_seeds(group, "error"),
                 "error_stderr_mc_max": max(r["error_stderr"] for r in group),
                 "error_min_seed": errors.min(), "error_max_seed": errors.max(),
+                **_mean_over_seeds(group, "hinge"), "margin": float(np.mean([r["margin"] for r in group])),
                 "majority_vote_error": float(np.mean([r["majority_vote_error"] for r in group])),
                 "attention_same": float(np.mean([r["attention_same"] for r in group]))})
   return out
 
 
 def verdicts(by_s1: list[dict]) -> list[dict]:
-  """Per model and alpha': the largest mean error over S1 >= 1, the smallest below, against NEAR_ZERO."""
+  """Per model, training alpha, construction and alpha': the largest mean error and hinge loss over S1 >= 1, the
+  smallest below, against NEAR_ZERO."""
   out = []
-  for model in MODELS:
+  for model, train_alpha, construction in dict.fromkeys((r["model"], r["train_alpha"], r["ood_construction"])
+                                                        for r in by_s1):
     for alpha in OOD_ALPHAS:
-      curve = [r for r in by_s1 if r["model"] == model and r["alpha_test"] == alpha]
-      at_least_one = max(r["error"] for r in curve if r["s1"] >= 1)
-      below_one = min(r["error"] for r in curve if r["s1"] < 1)
-      out.append({"model": model, "alpha_test": alpha, "max_error_s1_at_least_1": at_least_one,
-                  "min_error_s1_below_1": below_one,
+      curve = [r for r in by_s1 if (r["model"], r["train_alpha"], r["ood_construction"], r["alpha_test"]) ==
+               (model, train_alpha, construction, alpha)]
+      above, below = [r for r in curve if r["s1"] >= 1], [r for r in curve if r["s1"] < 1]
+      out.append({"model": model, "train_alpha": train_alpha, "ood_construction": construction, "alpha_test": alpha,
+                  "max_error_s1_at_least_1": max(r["error"] for r in above),
+                  "min_error_s1_below_1": min(r["error"] for r in below),
+                  "max_hinge_s1_at_least_1": max(r["hinge"] for r in above),
+                  "min_hinge_s1_below_1": min(r["hinge"] for r in below),
                   "majority_vote_error": float(np.mean([r["majority_vote_error"] for r in curve])),
-                  "near_zero_for_s1_at_least_1": bool(at_least_one <= NEAR_ZERO),
-                  "not_near_zero_below_1": bool(below_one > NEAR_ZERO)})
+                  "near_zero_for_s1_at_least_1": bool(max(r["error"] for r in above) <= NEAR_ZERO),
+                  "not_near_zero_below_1": bool(min(r["error"] for r in below) > NEAR_ZERO)})
+  return out
+
+
+def what_is_learned(by_alpha: list[dict]) -> list[dict]:
+  """Per model and training alpha: does it read the query's pattern or the labels' majority?
+
+  At alpha' = LEARNED_ALPHA the majority of the context labels is always wrong (majority vote's error is 1), so a
+  model that votes errs on every prompt and one that attends to the query's pattern on none. At alpha' = 0.5 the
+  labels tie (majority vote's error is 1/2): a model that errs there on no prompt reads the query's pattern at
+  least to break ties. Beside them the attention on the query's pattern at alpha' = 0.5.
+  """
+  out = []
+  for model, train_alpha in dict.fromkeys((r["model"], r["train_alpha"]) for r in by_alpha):
+    row = {"model": model, "train_alpha": train_alpha}
+    for r in by_alpha:
+      if (r["model"], r["train_alpha"]) != (model, train_alpha):
+        continue
+      name = r["domain"] if r["domain"] != "ood" else f"ood_{r['ood_construction']}"
+      if r["alpha_test"] == LEARNED_ALPHA:
+        row[f"{name}_error_at_{LEARNED_ALPHA:g}"] = r["error"]
+        row[f"{name}_hinge_at_{LEARNED_ALPHA:g}"] = r["hinge"]
+        row[f"majority_vote_error_at_{LEARNED_ALPHA:g}"] = r["majority_vote_error"]
+      if r["alpha_test"] == 0.5:
+        row[f"{name}_error_at_0.5"] = r["error"]
+        row[f"{name}_attention_same_at_0.5"] = r["attention_same"]
+    wrong_majority, tie = row[f"unseen_error_at_{LEARNED_ALPHA:g}"], row["unseen_error_at_0.5"]
+    if wrong_majority <= NEAR_ZERO:
+      row["reads"] = "the query's pattern (against the majority)"
+    elif wrong_majority >= 1 - NEAR_ZERO:
+      row["reads"] = ("the labels' majority, the query's pattern breaking ties" if tie <= NEAR_ZERO
+                      else "the labels' majority")
+    else:
+      row["reads"] = "a mixture"
+    out.append(row)
   return out
 
 
@@ -298,25 +372,28 @@ def main(argv) -> None:
   os.makedirs(target, exist_ok=True)
   files.write_csv(os.path.join(target, "ood_by_s1.csv"), by_s1, significant=6)
   files.write_csv(os.path.join(target, "error_by_alpha.csv"), by_alpha, significant=6)
+  learned = what_is_learned(by_alpha)
+  files.write_csv(os.path.join(target, "what_is_learned.csv"), learned, significant=6)
   files.write_csv(os.path.join(target, "runs.csv"), rows, significant=6)
   files.write_csv(os.path.join(target, "gpt_attention_by_layer.csv"), by_layer, significant=6)
   found = verdicts(by_s1)
   settings = {"prompt_len": PROMPT_LEN, "eval_samples_per_estimate": EVAL_SAMPLES, "seeds": _SEEDS.value,
-              "near_zero": NEAR_ZERO, "s1s": S1S, "ood_alphas": OOD_ALPHAS, "alphas": ALPHAS,
-              "layer_attention": _layer_settings(),
+              "train_alphas": TRAIN_ALPHAS, "near_zero": NEAR_ZERO, "s1s": S1S, "ood_alphas": OOD_ALPHAS,
+              "alphas": ALPHAS, "constructions": MODEL_CONSTRUCTIONS, "layer_attention": _layer_settings(),
               "models": {name: {"description": classification.describe_model(run_config(name, 0)),
                                 "config_changes": changes} for name, changes in MODELS.items()}}
   files.write_json(os.path.join(target, "summary.json"), {
-      "settings": settings, "verdicts": found,
+      "settings": settings, "verdicts": found, "what_is_learned": learned,
       "runs": [run for _, _, runs, _ in done for run in runs],
       "sweeps": [record for _, _, _, record in done],
       "wall_seconds_this_process": time.perf_counter() - t_start})  # a resumed run: only what it redid
-  plots.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"), [r for r in rows if r["table"] == "ood_by_s1"])
-  plots.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
+  claim_plots.plot_ood_vs_s1(by_s1, os.path.join(target, "ood_vs_s1.png"))
+  claim_plots.plot_error_vs_alpha(by_alpha, os.path.join(target, "error_vs_alpha.png"))
   for v in found:
-    logging.info("%-9s alpha'=%.1f: max error over S1 >= 1: %.4f; min error below: %.4f (majority vote %.3f)",
-                 v["model"], v["alpha_test"], v["max_error_s1_at_least_1"], v["min_error_s1_below_1"],
-                 v["majority_vote_error"])
+    logging.info("%-9s alpha=%.1f %-18s alpha'=%.1f: max error (hinge) over S1 >= 1: %.4f (%.3f); min below: "
+                 "%.4f (%.3f); majority vote %.3f", v["model"], v["train_alpha"], v["ood_construction"],
+                 v["alpha_test"], v["max_error_s1_at_least_1"], v["max_hinge_s1_at_least_1"],
+                 v["min_error_s1_below_1"], v["min_hinge_s1_below_1"], v["majority_vote_error"])
   logging.info("written to %s in %.0f s", target, time.perf_counter() - t_start)
 
 

@@ -40,16 +40,22 @@ from icl_theory.classification import plots
 from icl_theory.classification import transformer
 from icl_theory.classification.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
 from icl_theory.classification.transformer import Transformer
-from icl_theory.classification.task import (ClassificationTask, check_alpha, num_same, outcome_sums,
-                                             prompt_tokens, sample_prompts, sample_prompts_by_count)
+from icl_theory.classification.task import (OOD_CONSTRUCTIONS, ClassificationTask, check_alpha, num_same,
+                                             outcome_sums, prompt_tokens, sample_prompts, sample_prompts_by_count)
 from icl_theory.engine.validation import check_choice, check_float, check_int, fail
 
 # Fields that change only bookkeeping, not the numbers a run produces.
 BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints")
 # Fields that change only the evaluation: a rerun with new values re-evaluates the trained model.
-EVALUATION_FIELDS = ("alpha_test", "test_prompt_len", "test_prompt_lens", "test_alphas", "test_s1s", "eval_samples")
+EVALUATION_FIELDS = ("alpha_test", "test_prompt_len", "test_prompt_lens", "test_alphas", "test_s1s", "test_ood_alphas",
+                     "eval_samples",
+                     "ood_construction", "ood_draws")
 # The headline errors' summary.json prefixes, by domain.
 PREFIXES = {"train": "train_task", "unseen": "unseen_task", "ood": "ood"}
+# The figures the Evaluator reports per prefix (summary.json keys `{prefix}_{figure}`): each error has its hinge
+# loss and mean margin beside it.
+FIGURES = ("error", "error_stderr", "hinge", "hinge_stderr", "margin", "margin_stderr", "majority_vote_error",
+           "majority_vote_error_stderr", "attention_same")
 _EVAL_CHUNK = 4096  # prompts per evaluation step (bounds the evaluation's memory)
 _LARGE_NEURON_FRACTION = 0.25  # the neurons with the largest |W_O W_V| rows, for the alignment figures
 # config.model: the one-layer model of the theory, or the deeper GPT-2-style transformer of the paper's Fig. 3a.
@@ -63,7 +69,8 @@ Model = SoftmaxMLP | Transformer
 def build_task(config: ml_collections.ConfigDict) -> ClassificationTask:
   return ClassificationTask(M1=config.M1, M2=config.M2, d_x=config.d_x, d_y=config.d_y,
                             kappa_max=config.kappa_max, s1=config.s1, num_ood_patterns=config.num_ood_patterns,
-                            seed=config.seed)
+                            seed=config.seed, ood_construction=config.ood_construction, ood_draws=config.ood_draws,
+                            label_noise=config.label_noise, feature_noise=config.feature_noise)
 
 
 def _check_list(field: str, value: Any, check: Callable[[str, Any], Any]) -> list:
@@ -85,6 +92,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ClassificationTask:
   _check_list("test_prompt_lens", config.test_prompt_lens, lambda f, v: check_int(f, v, 1))
   _check_list("test_alphas", config.test_alphas, check_alpha)
   _check_list("test_s1s", config.test_s1s, lambda f, v: check_float(f, v, minimum=0.0, strict=True))
+  _check_list("test_ood_alphas", config.test_ood_alphas, check_alpha)
   # Both models' fields are checked whichever is chosen: a config is valid or not as a whole.
   check_choice("model", config.model, MODELS)
   m = check_int("m", config.m, 2)
@@ -177,7 +185,8 @@ class Evaluator:
 
   def __call__(self, params: Any, task: ClassificationTask, key: jax.Array, prompt_len: int, alpha: float,
                domain: str, prefix: str) -> dict[str, float]:
-    """`{prefix}_error`, `_error_stderr`, `_majority_vote_error` and `_attention_same` at (prompt_len, alpha)."""
+    """`{prefix}_{figure}` for every figure of FIGURES at (prompt_len, alpha): the error, hinge loss and margin of
+    F(P) with their standard errors, majority vote's error, the attention on the query's pattern."""
     same = num_same(prompt_len, alpha)
     params, task, key = jax.device_get((params, task, key))
     program = self.program(params, task, key, prompt_len, domain)
@@ -186,6 +195,8 @@ class Evaluator:
     mean = lambda total: total / n
     stderr = lambda total, total_sq: math.sqrt(max(total_sq / n - (total / n) ** 2, 0.0) / (n - 1))
     return {f"{prefix}_error": mean(sums[0]), f"{prefix}_error_stderr": stderr(sums[0], sums[1]),
+            f"{prefix}_hinge": mean(sums[5]), f"{prefix}_hinge_stderr": stderr(sums[5], sums[6]),
+            f"{prefix}_margin": mean(sums[7]), f"{prefix}_margin_stderr": stderr(sums[7], sums[8]),
             f"{prefix}_majority_vote_error": mean(sums[2]),
             f"{prefix}_majority_vote_error_stderr": stderr(sums[2], sums[3]),
             f"{prefix}_attention_same": mean(sums[4])}
@@ -216,11 +227,18 @@ def domain_keys(key: jax.Array) -> dict[str, jax.Array]:
   return {domain: jax.random.fold_in(key, i) for i, domain in enumerate(PREFIXES)}
 
 
-def ood_task(task: ClassificationTask, config: ml_collections.ConfigDict) -> ClassificationTask:
-  """The run's task with its out-of-domain patterns at config.s1: `task` itself when it has that s1, else the
-  task a run with that s1 draws (s1 never enters training), so a sweep's evaluation point s1 = X gives a row
-  equal to the summary of a single run with s1 = X (`task.with_s1` rounds its patterns differently)."""
-  return task if np.float32(config.s1) == np.float32(task.s1) else build_task(config)
+def ood_task(task: ClassificationTask, config: ml_collections.ConfigDict,
+             construction: str | None = None) -> ClassificationTask:
+  """The run's task with its out-of-domain patterns at config.s1, built by `construction` (default
+  config.ood_construction): `task` itself when it has those, else the task a run with them draws (neither
+  enters training), so a sweep's evaluation point gives a row equal to the summary of a single run with those
+  values (`task.with_s1` rounds its patterns differently)."""
+  construction = config.ood_construction if construction is None else construction
+  if np.float32(config.s1) == np.float32(task.s1) and construction == task.ood_construction:
+    return task
+  at = ml_collections.ConfigDict(config.to_dict())
+  at.ood_construction = construction
+  return build_task(at)
 
 
 def neuron_alignment(params: Any, task: ClassificationTask) -> dict[str, float]:
@@ -263,7 +281,8 @@ def headline(params: Any, task: ClassificationTask, config: ml_collections.Confi
   memo = {} if memo is None else memo
   out: dict[str, Any] = {"eval_prompts": evaluator.num_samples, "alpha_test_effective": same / l_test}
   for domain, prefix in PREFIXES.items():
-    at = (id(evaluator), domain, l_test, same, float(np.float32(config.s1)) if domain == "ood" else None)
+    at = (id(evaluator), domain, l_test, same,
+          (float(np.float32(config.s1)), config.ood_construction) if domain == "ood" else None)
     if at not in memo:
       domain_task = ood_task(task, config) if domain == "ood" else task
       memo[at] = evaluator(params, domain_task, keys[domain], l_test, alpha_test, domain, prefix)
@@ -276,10 +295,11 @@ def headline(params: Any, task: ClassificationTask, config: ml_collections.Confi
 
 def tables(params: Any, task: ClassificationTask, config: ml_collections.ConfigDict,
            key: jax.Array) -> dict[str, Any]:
-  """summary.json's tables: error by test prompt length, by alpha' and (out of domain) by s1 and alpha'.
+  """summary.json's tables: error by test prompt length, by alpha' and (out of domain) by construction, s1 and
+  alpha'; and the headline's out-of-domain figures per construction, `ood_{construction}_{figure}`.
 
   The keys are those of `headline` (folded with the domain only), so the rows are
-  paired: they differ in prompt length, alpha' or s1, not in the random draws.
+  paired: they differ in prompt length, alpha', s1 or construction, not in the random draws.
   """
   evaluator = evaluator_for(config)
   keys = domain_keys(key)
@@ -293,13 +313,19 @@ def tables(params: Any, task: ClassificationTask, config: ml_collections.ConfigD
                               PREFIXES[domain]))
     return values
 
+  by_construction = {}
+  for construction in OOD_CONSTRUCTIONS:
+    figures = evaluator(params, ood_task(task, config, construction), keys["ood"], l_test, alpha_test, "ood", "ood")
+    by_construction.update({f"ood_{construction}_{name[len('ood_'):]}": value for name, value in figures.items()})
   return {
+      **by_construction,
       "error_by_test_prompt_len": [{"test_prompt_len": int(l), **row(int(l), alpha_test)}
                                    for l in config.test_prompt_lens],
       "error_by_alpha_test": [{"alpha_test": float(a), **row(l_test, float(a))} for a in config.test_alphas],
-      "ood_error_by_s1": [{"s1": float(s1), "alpha_test": float(a),
-                           **row(l_test, float(a), ("ood",), task.with_s1(float(s1)))}
-                          for s1 in config.test_s1s for a in config.test_alphas],
+      "ood_error_by_s1": [{"ood_construction": construction, "s1": float(s1), "alpha_test": float(a),
+                           **row(l_test, float(a), ("ood",), at_s1.with_ood(construction, float(s1)))}
+                          for construction in OOD_CONSTRUCTIONS for s1 in config.test_s1s
+                          for a in config.test_ood_alphas],
   }
 
 
@@ -313,19 +339,23 @@ def format_summary(summary: dict[str, Any]) -> str:
   names = {"train": f"training tasks ({summary['num_train_tasks']})",
            "unseen": f"unseen tasks ({summary['num_unseen_tasks']})",
            "ood": f"out of domain (s1={config['s1']:g})"}
+  construction = config.get("ood_construction", "training_pairs")
+  names["ood"] = f"out of domain (s1={config['s1']:g}, {construction})"
   lines = [f"alpha'={config['alpha_test']:g}, l={config['test_prompt_len']}: "
            f"{summary['alpha_test_effective']:.3g} of the contexts share the query's pattern; "
            f"{summary['eval_prompts']} prompts per estimate",
-           f"{'':24s}{'ICL error':20s}{'majority vote':16s}attention on the query's pattern"]
-  for domain, prefix in PREFIXES.items():
+           f"{'':48s}{'ICL error':20s}{'hinge':9s}{'margin':9s}{'majority':10s}attention on the query's pattern"]
+  rows = [(names[domain], prefix) for domain, prefix in PREFIXES.items()]
+  rows += [(f"  out of domain, {c}", f"ood_{c}") for c in OOD_CONSTRUCTIONS if f"ood_{c}_error" in summary]
+  for name, prefix in rows:
     error = f"{summary[f'{prefix}_error']:.4f} +- {summary[f'{prefix}_error_stderr']:.4f}"
-    lines.append(f"{names[domain]:24s}{error:20s}{summary[f'{prefix}_majority_vote_error']:<16.4f}"
-                 f"{summary[f'{prefix}_attention_same']:.3f}")
+    lines.append(f"{name:48s}{error:20s}{summary[f'{prefix}_hinge']:<9.4f}{summary[f'{prefix}_margin']:<9.3f}"
+                 f"{summary[f'{prefix}_majority_vote_error']:<10.4f}{summary[f'{prefix}_attention_same']:.3f}")
 
   def table(title: str, column: str, rows: list[dict], key: str) -> list[str]:
-    out = ["", title, f"  {column:10s}{'unseen':>10s}{'ood':>10s}{'majority':>10s}"]
-    out += [f"  {row[key]:<10g}{row['unseen_task_error']:10.4f}{row['ood_error']:10.4f}"
-            f"{row['unseen_task_majority_vote_error']:10.4f}" for row in rows]
+    out = ["", title, f"  {column:10s}{'unseen':>10s}{'hinge':>8s}{'ood':>10s}{'hinge':>8s}{'majority':>10s}"]
+    out += [f"  {row[key]:<10g}{row['unseen_task_error']:10.4f}{row['unseen_task_hinge']:8.3f}{row['ood_error']:10.4f}"
+            f"{row['ood_hinge']:8.3f}{row['unseen_task_majority_vote_error']:10.4f}" for row in rows]
     return out
 
   lines += table(f"error by test prompt length (alpha'={config['alpha_test']:g})", "l",
@@ -334,10 +364,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                  "alpha_test")
   s1s = sorted({row["s1"] for row in summary["ood_error_by_s1"]})
   alphas = sorted({row["alpha_test"] for row in summary["ood_error_by_s1"]})
-  ood = {(row["s1"], row["alpha_test"]): row["ood_error"] for row in summary["ood_error_by_s1"]}
-  lines += ["", f"ood error by s1 (rows) and alpha' (columns), l={config['test_prompt_len']}",
-            "  " + " " * 10 + "".join(f"{a:>10g}" for a in alphas)]
-  lines += [f"  {f's1={s:g}':10s}" + "".join(f"{ood[(s, a)]:10.4f}" for a in alphas) for s in s1s]
+  ood = {(row.get("ood_construction", construction), row["s1"], row["alpha_test"]): row
+         for row in summary["ood_error_by_s1"]}
+  for c in dict.fromkeys(row.get("ood_construction", construction) for row in summary["ood_error_by_s1"]):
+    lines += ["", f"ood error (hinge loss) by s1 (rows) and alpha' (columns), {c}, l={config['test_prompt_len']}",
+              "  " + " " * 10 + "".join(f"{a:>16g}" for a in alphas)]
+    cell = lambda row: f"{row['ood_error']:8.4f} ({row['ood_hinge']:5.2f})"
+    lines += [f"  {f's1={s:g}':10s}" + "".join(cell(ood[(c, s, a)]) for a in alphas) for s in s1s]
   if summary["large_neurons_cos_mean_idr"] is not None:
     lines += ["", f"large neurons of W_O W_V: cosine with the mean IDR pattern "
                   f"{summary['large_neurons_cos_mean_idr']:.3f}, with sign(a_i) q "
@@ -371,10 +404,10 @@ class Classification(Experiment):
   # bookkeeping_fields: the engine's. s1 only moves the out-of-domain test patterns, never training.
   evaluation_fields = EVALUATION_FIELDS + ("s1",)
   training_axes = {"alpha_values": "alpha", "model_values": "model", "prompt_len_values": "prompt_len"}
-  evaluation_axes = {"alpha_test_values": "alpha_test", "s1_values": "s1", "test_prompt_len_values": "test_prompt_len"}
+  evaluation_axes = {"alpha_test_values": "alpha_test", "s1_values": "s1", "test_prompt_len_values": "test_prompt_len",
+                     "ood_construction_values": "ood_construction"}
   array_fields = ()  # alpha and prompt_len are Python constants of the loss: only the seed changes arrays
-  metrics = tuple(f"{prefix}_{figure}" for prefix in PREFIXES.values()
-                  for figure in ("error", "error_stderr", "majority_vote_error", "attention_same")) + (
+  metrics = tuple(f"{prefix}_{figure}" for prefix in PREFIXES.values() for figure in FIGURES) + (
                       "alpha_test_effective", "final_train_loss", "steps", "status")
   cpu_data_parallel = True  # measured on 2 cores: a single run's steps gain ~18% from a CPU device per core
 
@@ -426,7 +459,7 @@ class Classification(Experiment):
 
   def summary_header(self, task: ClassificationTask, config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"num_train_tasks": len(task.train_pairs), "num_unseen_tasks": len(task.unseen_pairs),
-            "num_ood_tasks": len(task.ood_pairs)}
+            "num_ood_tasks": len(task.ood_pairs) // task.ood_draws}  # the pairs of one block
 
   def format_summary(self, summary: dict[str, Any]) -> str:
     return format_summary(summary)

@@ -34,11 +34,13 @@ def plot_classification_run(summary: dict[str, Any], history: Sequence[dict], pa
     xs = [r[key] for r in rows]
     for prefix, label, color in (("unseen_task", "unseen tasks", "C0"), ("ood", "out of domain", "C1")):
       ax.errorbar(xs, [r[f"{prefix}_error"] for r in rows], yerr=[r[f"{prefix}_error_stderr"] for r in rows],
-                  fmt="o-", color=color, capsize=3, label=f"ICL, {label}")
-    ax.plot(xs, [r["unseen_task_majority_vote_error"] for r in rows], "k:", label="majority vote")
-    ax.set_ylim(-0.03, 1.03)
+                  fmt="o-", color=color, capsize=3, label=f"ICL error, {label}")
+      if all(f"{prefix}_hinge" in r for r in rows):  # summaries written before the hinge loss was reported lack it
+        ax.plot(xs, [r[f"{prefix}_hinge"] for r in rows], "s--", color=color, ms=3, label=f"hinge loss, {label}")
+    ax.plot(xs, [r["unseen_task_majority_vote_error"] for r in rows], "k:", label="majority vote error")
+    ax.set_ylim(bottom=-0.03)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("classification error")
+    ax.set_ylabel("classification error (solid), hinge loss (dashed)")
     ax.set_title(f"error {title}")
     ax.legend(fontsize=8)
   ax_len.set_xscale("log")
@@ -57,7 +59,9 @@ SWEEP_EVALUATION_FIELDS = {"alpha_test": "$\\alpha'$ (share of test contexts wit
                            "s1": "$S_1$ (coefficient sum of each out-of-domain relevant pattern)",
                            "test_prompt_len": "test prompt length"}
 _SWEEP_SHORT = {"alpha": "$\\alpha$", "model": "model", "prompt_len": "l", "alpha_test": "$\\alpha'$",
-                "s1": "$S_1$", "test_prompt_len": "test l"}
+                "s1": "$S_1$", "test_prompt_len": "test l", "ood_construction": "ODR"}
+# Evaluation fields that are never an x axis but, when they vary, split the panels (a categorical axis).
+SWEEP_PANEL_FIELDS = ("ood_construction",)
 _SWEEP_DOMAINS = (("unseen_task", "unseen tasks (in domain)"), ("ood", "out of domain"))
 
 
@@ -96,17 +100,19 @@ def plot_sweep(rows: Sequence[dict], directory: str) -> None:
   error_vs_<field>.png for each evaluation field (alpha_test, s1, test_prompt_len) with
   more than one value among the rows: the unseen-task and out-of-domain error against
   it, mean over seeds +- standard error over seeds, one line per training point (the
-  alpha, model, prompt_len values that differ), majority vote dashed; a row of panels
-  per combination of the other varying evaluation fields. training.png: the final
+  alpha, model, prompt_len values that differ), its hinge loss dashed, majority vote
+  black dashed; a row of panels per combination of the other varying evaluation fields
+  (ood_construction included). training.png: the final
   training loss of each training point (mean +- s.e. over seeds, each seed a dot).
   """
   finished = [r for r in rows if r.get("status") == "finished"]
   training = _varying(rows, SWEEP_TRAINING_FIELDS)
   evaluation = _varying(rows, tuple(SWEEP_EVALUATION_FIELDS))
+  panels = _varying(rows, SWEEP_PANEL_FIELDS)
   points = sorted({tuple(r.get(f) for f in training) for r in rows}, key=repr)
   label = lambda point: _describe(dict(zip(training, point))) or "trained model"
   for field in evaluation:
-    _plot_error_vs(finished, field, [f for f in evaluation if f != field], training, points, label,
+    _plot_error_vs(finished, field, [f for f in evaluation if f != field] + panels, training, points, label,
                    os.path.join(directory, f"error_vs_{field}.png"))
   _plot_training(rows, training, points, label, os.path.join(directory, "training.png"))
 
@@ -129,6 +135,12 @@ def _plot_error_vs(rows: Sequence[dict], field: str, others: Sequence[str], trai
         stats = [_mean_se(at[i]) for i in keep]
         ax.errorbar([xs[i] for i in keep], [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-",
                     color=f"C{j}", ms=4, capsize=3, label=f"ICL, {label(point)}")
+        hinge = [[r[f"{prefix}_hinge"] for r in mine if r[field] == x and r.get(f"{prefix}_hinge") is not None]
+                 for x in xs]
+        if any(hinge):  # rows written before the hinge loss was reported lack it
+          kept = [i for i, v in enumerate(hinge) if v]
+          ax.plot([xs[i] for i in kept], [np.mean(hinge[i]) for i in kept], "--", color=f"C{j}", lw=1,
+                  label="its hinge loss" if j == 0 else None)
       votes = [[r[f"{prefix}_majority_vote_error"] for r in here
                 if r[field] == x and r.get(f"{prefix}_majority_vote_error") is not None] for x in xs]
       keep = [i for i, v in enumerate(votes) if v]
@@ -138,7 +150,7 @@ def _plot_error_vs(rows: Sequence[dict], field: str, others: Sequence[str], trai
       elif len(xs) <= 8:
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
       fixed = _describe(dict(zip(others, setting)))
-      ax.set(xlabel=SWEEP_EVALUATION_FIELDS[field], ylabel="classification error", ylim=(-0.03, 1.03),
+      ax.set(xlabel=SWEEP_EVALUATION_FIELDS[field], ylabel="error (solid), hinge loss (dashed)", ylim=(-0.03, None),
              title=f"{domain}" + (f", {fixed}" if fixed else "")
              + f" ({seeds} seed{'s' if seeds > 1 else ''}" + (", mean +- s.e.)" if seeds > 1 else ")"))
       ax.legend(fontsize=7)
@@ -174,123 +186,7 @@ def _plot_training(rows: Sequence[dict], training: Sequence[str], points: Sequen
   _save(fig, path)
 
 
-_OOD_MODEL_TITLES = {"one_layer": "one layer: softmax attention + MLP", "gpt": "3-layer, 2-head GPT-2-style"}
-
-
-def _seed_errorbars(ax, rows: Sequence[dict], x: str, label: str, color: str, style: str = "o-") -> None:
-  """Mean error over seeds with its standard error over seeds (absent for one seed)."""
-  se = [r["error_se_seeds"] or 0.0 for r in rows]
-  ax.errorbar([r[x] for r in rows], [r["error"] for r in rows], yerr=se, fmt=style, color=color, capsize=3,
-              label=label)
-
-
-def plot_ood_vs_s1(table: Sequence[dict], path: str, runs: Sequence[dict] = ()) -> None:
-  """Out-of-domain error against S1, a panel per model, a line per alpha', majority vote dashed (claim 2).
-
-  `runs` (rows with model, seed, alpha_test, s1, error), if given, adds each seed's curve as a thin line:
-  a mean over seeds that learned different things hides it.
-  """
-  models = list(dict.fromkeys(r["model"] for r in table))
-  alphas = sorted({r["alpha_test"] for r in table})
-  fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False, layout="constrained")
-  for ax, model in zip(axes[0], models):
-    for j, alpha in enumerate(alphas):
-      rows = sorted((r for r in table if r["model"] == model and r["alpha_test"] == alpha), key=lambda r: r["s1"])
-      _seed_errorbars(ax, rows, "s1", f"ICL, $\\alpha'$ = {alpha:g}", f"C{j}")
-      mine = [r for r in runs if r["model"] == model and r["alpha_test"] == alpha]
-      for k, seed in enumerate(sorted({r["seed"] for r in mine})):
-        curve = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["s1"])
-        ax.plot([r["s1"] for r in curve], [r["error"] for r in curve], "-", color=f"C{j}", lw=0.7, alpha=0.45,
-                label="single seeds" if j == 0 and k == 0 else None)
-      ax.axhline(np.mean([r["majority_vote_error"] for r in rows]), color=f"C{j}", ls="--", lw=1,
-                 label=f"majority vote, $\\alpha'$ = {alpha:g}")
-    ax.axvline(1.0, color="gray", ls=":", lw=1, label="$S_1$ = 1 (the paper's threshold)")
-    seeds = max(r["seeds"] for r in table if r["model"] == model)
-    ax.set(xlabel="$S_1$ (coefficient sum of each out-of-domain relevant pattern)", ylabel="classification error",
-           ylim=(-0.03, 1.03), title=f"{_OOD_MODEL_TITLES.get(model, model)} ({seeds} seeds, mean +- s.e.)")
-    ax.legend(fontsize=7)
-  _save(fig, path)
-
-
-def plot_error_vs_alpha(table: Sequence[dict], path: str) -> None:
-  """In-domain (training and unseen tasks) against out-of-domain error across alpha', a panel per model."""
-  models = list(dict.fromkeys(r["model"] for r in table))
-  names = {"train": "training tasks", "unseen": "unseen tasks (in domain)", "ood": "out of domain"}
-  fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False, layout="constrained")
-  for ax, model in zip(axes[0], models):
-    for j, domain in enumerate(names):
-      rows = sorted((r for r in table if r["model"] == model and r["domain"] == domain), key=lambda r: r["alpha_test"])
-      s1 = f", $S_1$ = {rows[0]['s1']:g}" if domain == "ood" else ""
-      _seed_errorbars(ax, rows, "alpha_test", f"ICL, {names[domain]}{s1}", f"C{j}")
-    majority = sorted((r for r in table if r["model"] == model and r["domain"] == "unseen"),
-                      key=lambda r: r["alpha_test"])
-    ax.plot([r["alpha_test"] for r in majority], [r["majority_vote_error"] for r in majority], "k--", lw=1,
-            label="majority vote")
-    ax.set(xlabel="$\\alpha'$ (share of contexts with the query's pattern)", ylabel="classification error",
-           ylim=(-0.03, 1.03), title=_OOD_MODEL_TITLES.get(model, model))
-    ax.legend(fontsize=7)
-  _save(fig, path)
-
-
-# --- seed 001's claims on the classifier (scripts/classify_paper.py) ------------------------------------------------
-
-
-_ERROR_FLOOR = 1e-5  # errors below this (and exact zeros) are drawn at it on log axes
-
-
-def plot_prompt_length_claim(rows: Sequence[dict], needed: Sequence[dict], fits: Sequence[dict],
-                             directory: str) -> None:
-  """prompt_length.png: error against l per alpha' (ICL, ideal reader, majority vote); the l needed against 1/alpha'."""
-  alphas = sorted({r["alpha_test"] for r in rows})
-  fig, (ax_err, ax_need, ax_exact) = plt.subplots(1, 3, figsize=(17, 4.6))
-  for color, alpha in zip(plt.cm.viridis(np.linspace(0, 0.85, len(alphas))), alphas):
-    at = sorted((r for r in rows if r["alpha_test"] == alpha), key=lambda r: r["test_prompt_len"])
-    lengths = [r["test_prompt_len"] for r in at]
-    ax_err.plot(lengths, np.maximum([r["icl_error"] for r in at], _ERROR_FLOOR), "o", color=color, ms=4,
-                label=f"ICL, $\\alpha'$ = {alpha:g}")
-    ax_err.plot(lengths, np.maximum([r["ideal_error"] for r in at], _ERROR_FLOOR), "-", color=color, lw=1)
-    ax_err.plot(lengths, np.maximum([r["majority_vote_error"] for r in at], _ERROR_FLOOR), ":", color=color, lw=1)
-    ax_exact.plot(lengths, [r["exact_count_icl_error"] for r in at], "o-", color=color, ms=3,
-                  label=f"ICL, $\\alpha'$ = {alpha:g}")
-    ax_exact.plot(lengths, [r["exact_count_majority_vote_error"] for r in at], ":", color=color, lw=1)
-  ax_err.plot([], [], "k-", lw=1, label="ideal reader: $(1-\\alpha')^l$")
-  ax_err.plot([], [], "k:", lw=1, label="majority vote")
-  ax_err.set(xscale="log", yscale="log", ylim=(_ERROR_FLOOR / 2, 1.5), xlabel="test prompt length l",
-             ylabel=f"error (unseen tasks; < {_ERROR_FLOOR:g} drawn at it)",
-             title="Each context shares the query's pattern w.p. $\\alpha'$")
-  ax_err.legend(fontsize=7)
-
-  markers = dict(zip(sorted({r["target_error"] for r in needed}), "os^D"))
-  for (target, marker), color in zip(markers.items(), ("C0", "C3", "C2", "C4")):
-    at = [r for r in needed if r["target_error"] == target and r["icl_length_needed"] is not None
-          and np.isfinite(r["icl_length_needed"])]
-    fit = next(f for f in fits if f["target_error"] == target)
-    open_ = [r for r in at if r["icl_censored"]]
-    closed = [r for r in at if not r["icl_censored"]]
-    ax_need.plot([r["inverse_alpha"] for r in closed], [r["icl_length_needed"] for r in closed], marker,
-                 color=color, label=f"ICL, error {target:g}" + (f": slope {fit['icl_slope']:.2f}"
-                                                               if fit["icl_slope"] is not None else ""))
-    ax_need.plot([r["inverse_alpha"] for r in open_], [r["icl_length_needed"] for r in open_], marker, color=color,
-                 mfc="none", label="already at l = 1 (not fitted)" if open_ else None)
-    ideal = [r for r in needed if r["target_error"] == target and r["alpha_test"] < 1]
-    ax_need.plot([r["inverse_alpha"] for r in ideal], [r["ideal_length_needed"] for r in ideal], "-", color=color,
-                 lw=1, label=f"ideal reader, error {target:g}: slope {fit['ideal_slope_alpha_below_1']:.2f}")
-    if fit["icl_slope"] is not None and len(closed) >= 2:
-      x = np.array([r["inverse_alpha"] for r in closed])
-      y = np.array([r["icl_length_needed"] for r in closed])
-      intercept = np.mean(np.log(y) - fit["icl_slope"] * np.log(x))
-      grid = np.geomspace(x.min(), x.max(), 20)
-      ax_need.plot(grid, np.exp(intercept) * grid ** fit["icl_slope"], "--", color=color, lw=0.8)
-  ax_need.set(xscale="log", yscale="log", xlabel="$1/\\alpha'$", ylabel="prompt length needed for the error",
-              title="Length needed against $1/\\alpha'$ (claim: slope ~1)")
-  ax_need.legend(fontsize=7)
-
-  ax_exact.plot([], [], "k:", lw=1, label="majority vote")
-  ax_exact.set(xscale="log", ylim=(-0.03, 1.03), xlabel="test prompt length l", ylabel="error (unseen tasks)",
-               title="The sampler's exact count round($\\alpha'$ l) $\\geq$ 1")
-  ax_exact.legend(fontsize=7)
-  fig.tight_layout()
-  _save(fig, os.path.join(directory, "prompt_length.png"))
+# --- seed 001's mechanism claim (scripts/classify_paper.py); the other claims' figures: claim_plots.py -----------
 
 
 def plot_mechanism_claim(rows: Sequence[dict], neurons: Sequence[dict], alpha: float, largest: int,
@@ -361,80 +257,3 @@ def plot_mechanism_claim(rows: Sequence[dict], neurons: Sequence[dict], alpha: f
   ax_time.legend(fontsize=7)
   fig.tight_layout()
   _save(fig, os.path.join(directory, "neurons.png"))
-
-
-def plot_pruning_claim(rows: Sequence[dict], row_norms: Sequence[float], signs: Sequence[float],
-                       directory: str) -> None:
-  """pruning.png: per alpha', error and mean margin y F(P) against the pruning rate per strategy;
-  row_magnitudes.png: the histogram of |W_O[i]|."""
-  alphas = sorted({r["alpha_test"] for r in rows}, reverse=True)
-  fig, axes = plt.subplots(2, len(alphas), figsize=(5.8 * len(alphas), 8), squeeze=False)
-  rates = sorted({r["rate"] for r in rows})
-  for column, alpha in enumerate(alphas):
-    ax_err, ax_margin = axes[0, column], axes[1, column]
-    at = [r for r in rows if r["alpha_test"] == alpha]
-    for strategy, color, marker in (("smallest", "C0", "o"), ("random", "C1", "s"), ("largest", "C3", "^")):
-      for ax, key in ((ax_err, "error"), (ax_margin, "mean_margin")):
-        by_rate = [[r[key] for r in at if r["strategy"] == strategy and r["rate"] == rate] for rate in rates]
-        ax.plot(rates, [np.mean(v) for v in by_rate], marker + "-", color=color, ms=4,
-                label=f"{strategy} first" if strategy != "random" else f"random (mean of {len(by_rate[0])} draws)")
-        if strategy == "random":
-          ax.fill_between(rates, [min(v) for v in by_rate], [max(v) for v in by_rate], color=color, alpha=0.2,
-                          label="random: min-max over draws")
-    ax_err.axhline(at[0]["majority_vote_error"], color="gray", ls=":", label="majority vote")
-    ax_err.axhline(0.5, color="k", ls="--", lw=0.8, label="chance (every neuron off: F = 0)")
-    ax_err.set(xlabel="pruning rate R (fraction of rows of $W_O$ zeroed)", ylabel="error (unseen tasks)",
-               ylim=(-0.02, 1.02), title=f"Pruning the neurons of $W_O$, $\\alpha'$ = {alpha:g}, l = "
-               f"{at[0]['test_prompt_len']}")
-    ax_err.legend(fontsize=7)
-    ax_margin.axhline(0, color="gray", lw=0.6)
-    ax_margin.set(xlabel="pruning rate R", ylabel="mean margin y F(P)", title=f"Margin, $\\alpha'$ = {alpha:g}")
-    ax_margin.legend(fontsize=7)
-  fig.tight_layout()
-  _save(fig, os.path.join(directory, "pruning.png"))
-
-  fig, ax = plt.subplots(figsize=(6.2, 4.2))
-  norms, signs = np.asarray(row_norms), np.asarray(signs)
-  bins = np.linspace(0, norms.max() * 1.02, 21)
-  ax.hist([norms[signs > 0], norms[signs < 0]], bins=bins, stacked=True, color=["C0", "C3"],
-          label=["$a_i > 0$", "$a_i < 0$"])
-  ax.set(xlabel="|row of $W_O$|", ylabel="neurons", title=f"Row magnitudes of the trained $W_O$ (m = {norms.size})")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  _save(fig, os.path.join(directory, "row_magnitudes.png"))
-
-
-_CLASSICAL_STYLES = {"icl": ("ICL (trained transformer)", "k", "o", "-", 2.0),
-                     "logistic_regression": ("logistic regression", "C0", "s", "-", 1.0),
-                     "svm_rbf": ("SVM, Gaussian kernel", "C1", "^", "-", 1.0),
-                     "svm_linear": ("SVM, linear kernel", "C2", "v", "-", 1.0),
-                     "1nn": ("1-NN", "C3", "D", "-", 1.0),
-                     "3nn": ("3-NN", "C4", "x", "-", 1.0),
-                     "majority_vote": ("majority vote", "gray", "", ":", 1.0)}
-
-
-def plot_classical_claim(rows: Sequence[dict], directory: str) -> None:
-  """classical.png: per sampling and alpha', the error of ICL and of each classifier fit on the prompt, against l."""
-  samplings = list(dict.fromkeys(r["sampling"] for r in rows))
-  alphas = sorted({r["alpha_test"] for r in rows}, reverse=True)
-  titles = {"exact": "exact count round($\\alpha'$ l) $\\geq$ 1", "binomial": "each context w.p. $\\alpha'$"}
-  fig, axes = plt.subplots(len(samplings), len(alphas), figsize=(5.6 * len(alphas), 4.2 * len(samplings)),
-                           squeeze=False)
-  lengths = sorted({r["test_prompt_len"] for r in rows})
-  for row_axes, sampling in zip(axes, samplings):
-    for ax, alpha in zip(row_axes, alphas):
-      for method, (label, color, marker, style, width) in _CLASSICAL_STYLES.items():
-        at = sorted((r for r in rows if r["sampling"] == sampling and r["alpha_test"] == alpha
-                     and r["method"] == method), key=lambda r: r["test_prompt_len"])
-        if at:
-          ax.errorbar([r["test_prompt_len"] for r in at], [r["error"] for r in at],
-                      yerr=[r["error_stderr"] for r in at], fmt=marker + style if marker else style, color=color,
-                      lw=width, ms=4, capsize=2, label=label)
-      ax.set_xscale("log")
-      ax.set_xticks(lengths, [str(n) for n in lengths])
-      ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-      ax.set(xlabel="test prompt length l", ylabel="error (unseen tasks)", ylim=(-0.02, 0.62),
-             title=f"$\\alpha'$ = {alpha:g}, {titles.get(sampling, sampling)}")
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  _save(fig, os.path.join(directory, "classical.png"))

@@ -11,13 +11,32 @@ patterns mu'_j = sum_k c_jk mu_k (c_jk >= 0 on disjoint groups of the mu_k,
 summing to s1; the tasks are all their ordered pairs) and the irrelevant ones
 are ODI patterns: random unit vectors in the span of the IDI patterns.
 
-A prompt of length l holds exactly `num_same(l, alpha)` contexts that carry the
-query's relevant pattern (and its label), at random positions; the others carry
-the task's other pattern. `prompt_tokens` embeds it as p_i = (x_i, y_i q) and
+Which IDR patterns an ODR pattern mixes is `ood_construction` (the paper fixes
+only c_jk >= 0 and sum_k c_jk = S1, so each is our choice):
+  training_pairs      contiguous groups {0, 1}, {2, 3}, ...: for M1' = M1/2 each group is
+                      a training pair, whose two patterns training teaches to repel
+                      each other in attention (a caveat of the trained model, measured)
+  non_training_pairs  strided groups {j, j + M1', j + 2 M1', ...} ({0,3}, {1,4}, {2,5}), or
+                      if one of those holds a training pair another partition with none
+                      (a ConfigError when the sizes make that impossible)
+  random              per draw, a random partition of the IDR patterns into M1' groups
+                      (sizes as contiguous) with Dirichlet(1) weights times S1; the
+                      `ood_draws` draws are stacked, so a uniform draw of an ODR task
+                      averages the error over them
+Every construction stores `ood_draws` blocks of M1' ODR patterns (the deterministic
+ones repeat theirs), so all three have the same shapes and share compiled programs.
+
+A prompt of length l holds exactly `num_same(l, alpha) = floor(alpha l)` contexts
+that carry the query's relevant pattern (and its label), at random positions,
+possibly none; the others carry the task's other pattern. Optional noise (our
+choice: the paper's is unknown): each context label flipped with probability
+`label_noise`, and N(0, feature_noise^2) added to every coordinate of every input
+(contexts and query). `prompt_tokens` embeds a prompt as p_i = (x_i, y_i q) and
 p_query = (x_query, 0).
 
 `ClassificationTask` is a JAX pytree: every pattern table, the pair lists,
-kappa_max, s1 and the seed are its array leaves; only the sizes are static.
+kappa_max, s1, the construction's index and the seed are its array leaves; the
+sizes and the noise levels are static.
 """
 
 from __future__ import annotations
@@ -34,9 +53,11 @@ from icl_theory.engine import sharding
 from icl_theory.engine.validation import ConfigError, check_choice, check_float, check_int, fail
 
 DOMAINS = ("train", "unseen", "ood")
+OOD_CONSTRUCTIONS = ("training_pairs", "non_training_pairs", "random")
 # The patterns' key is a fixed offspring of the seed's root key, apart from the
 # keys that trainer.fit derives (init, batches) and from the evaluation's.
 _PATTERN_STREAM = 7_919
+_RANDOM_ODR_STREAM = 7_927  # the random ODR construction's draws: another offspring of the seed's root key
 
 
 class ClassificationPrompts(NamedTuple):
@@ -75,6 +96,86 @@ def odr_coefficients(num_relevant: int, num_ood: int, s1: float) -> np.ndarray:
   return coefficients
 
 
+def strided_groups(num_relevant: int, num_ood: int) -> list[list[int]]:
+  """Groups {j, j + M1', j + 2 M1', ...} of the IDR indices: members at least M1' apart, so none is a training pair
+  when M1' >= 2 and the wrap-around (M1 - 1 and 0) does not fall into one group."""
+  return [list(range(j, num_relevant, num_ood)) for j in range(num_ood)]
+
+
+def _contains_training_pair(group: list[int], num_relevant: int) -> bool:
+  return any((b - a) % num_relevant in (1, num_relevant - 1) for a in group for b in group if a != b)
+
+
+def non_training_groups(num_relevant: int, num_ood: int) -> list[list[int]] | None:
+  """M1' disjoint groups of the IDR indices (sizes as `ood_groups`), none holding a training pair (a, a+1 mod M1):
+  the strided groups when they qualify ({0, 3}, {1, 4}, {2, 5} for M1 = 6, M1' = 3), else the first such
+  partition in lexicographic order; None when there is none."""
+  strided = strided_groups(num_relevant, num_ood)
+  if not any(_contains_training_pair(g, num_relevant) for g in strided):
+    return strided
+  sizes = [len(g) for g in ood_groups(num_relevant, num_ood)]
+  groups: list[list[int]] = [[] for _ in sizes]
+
+  def place(k: int) -> bool:  # backtracking: put index k into a group with room and no neighbour of k
+    if k == num_relevant:
+      return True
+    for group, size in zip(groups, sizes):
+      if len(group) < size and not _contains_training_pair(group + [k], num_relevant):
+        group.append(k)
+        if place(k + 1):
+          return True
+        group.pop()
+      if not group:  # empty groups are interchangeable: trying one is enough
+        break
+    return False
+
+  return groups if place(0) else None
+
+
+def ood_coefficients(construction: str, num_relevant: int, num_ood: int, draws: int, s1: float,
+                     seed: int) -> np.ndarray:
+  """c (draws * M1', M1), float64: `draws` blocks of M1' ODR patterns, each row >= 0 summing to s1, the rows of a
+  block on disjoint groups of the IDR patterns (see the module docstring for the constructions).
+
+  The random construction's draws come from `seed` and do not depend on s1 (the
+  coefficients scale with it), so changing s1 moves the same patterns.
+  """
+  check_choice("ood_construction", construction, OOD_CONSTRUCTIONS)
+  draws = check_int("ood_draws", draws, 1)
+  if construction == "training_pairs":
+    return np.tile(odr_coefficients(num_relevant, num_ood, s1), (draws, 1))
+  if construction == "non_training_pairs":
+    groups = non_training_groups(num_relevant, num_ood)
+    if groups is None:
+      raise fail("ood_construction", construction,
+                 f"possible only when M1={num_relevant} patterns split into num_ood_patterns={num_ood} groups none of "
+                 f"which holds a training pair (a, a+1 mod M1); choose another num_ood_patterns or construction")
+    block = np.zeros((num_ood, num_relevant))
+    for j, group in enumerate(groups):
+      block[j, group] = s1 / len(group)
+    return np.tile(block, (draws, 1))
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), _RANDOM_ODR_STREAM)
+  k_perm, k_weight = jax.random.split(key)
+  sizes = [len(g) for g in ood_groups(num_relevant, num_ood)]
+  coefficients = np.zeros((draws * num_ood, num_relevant))
+  for d in range(draws):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, d), num_relevant))
+    # Dirichlet(1, ..., 1) weights: normalised Exp(1) draws (uniform on the simplex).
+    exponential = -np.log(np.asarray(jax.random.uniform(jax.random.fold_in(k_weight, d), (num_relevant,),
+                                                        minval=1e-12, maxval=1.0), np.float64))
+    start = 0
+    for j, size in enumerate(sizes):
+      group = order[start:start + size]
+      coefficients[d * num_ood + j, group] = s1 * exponential[group] / exponential[group].sum()
+      start += size
+  return coefficients
+
+
+def block_pairs(num_ood: int, draws: int) -> np.ndarray:
+  """Every ordered pair within each block of M1' ODR patterns: (draws * M1' (M1' - 1), 2) int32."""
+  return np.concatenate([all_pairs(num_ood) + d * num_ood for d in range(draws)]).astype(np.int32)
+
+
 def check_alpha(field: str, value) -> float:
   """A fraction in (0, 1]: the share of contexts that carry the query's pattern."""
   try:
@@ -87,17 +188,17 @@ def check_alpha(field: str, value) -> float:
 
 
 def num_same(prompt_len: int, alpha: float, fields: tuple[str, str] = ("prompt_len", "alpha")) -> int:
-  """How many of the l contexts share the query's pattern: alpha * l rounded half up, and at least 1.
+  """How many of the l contexts share the query's pattern: floor(alpha * l), which is 0 when l < 1/alpha.
 
-  At least one, so that alpha > 0 always puts the query's pattern in the
-  context (what the paper's mechanism reads); the fraction is then exact
-  whenever alpha * l is an integer and within 1/(2l) of alpha otherwise.
-  `fields` name the two values in a ConfigError.
+  The paper's alpha' is a fixed fraction and its prompt-length condition is
+  l >= 1/alpha': below it no context need carry the query's pattern, and the
+  count may be 0 here so that side can be seen. `fields` name the two values in
+  a ConfigError.
   """
   prompt_len = check_int(fields[0], prompt_len, 1)
   alpha = check_alpha(fields[1], alpha)
-  # The 1e-9 keeps a half that float arithmetic puts just below it (0.35 * 10 = 3.4999...) rounding up.
-  return min(prompt_len, max(1, math.floor(alpha * prompt_len + 0.5 + 1e-9)))
+  # The 1e-9 keeps an integer that float arithmetic puts just below it (0.7 * 10 = 6.9999...) at that integer.
+  return min(prompt_len, math.floor(alpha * prompt_len + 1e-9))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -112,16 +213,21 @@ class ClassificationTask:
   s1: float = 1.0               # coefficient sum of each ODR pattern
   num_ood_patterns: int = 3     # M1': ODR patterns, 2..M1
   seed: int = 0
+  ood_construction: str = "training_pairs"  # which IDR patterns each ODR pattern mixes (OOD_CONSTRUCTIONS)
+  ood_draws: int = 1            # blocks of M1' ODR patterns (the random construction's draws)
+  label_noise: float = 0.0      # probability that a context's label is flipped (our choice of noise)
+  feature_noise: float = 0.0    # std of Gaussian noise on every input coordinate (our choice of noise)
   # Drawn in __post_init__ (float32 / int32 arrays):
   idr: np.ndarray = dataclasses.field(init=False, repr=False)             # (M1, d_x) orthonormal rows
   idi: np.ndarray = dataclasses.field(init=False, repr=False)             # (M2, d_x) orthonormal, and to idr
   q: np.ndarray = dataclasses.field(init=False, repr=False)               # (d_y,) unit label embedding
   train_pairs: np.ndarray = dataclasses.field(init=False, repr=False)     # (T, 2) ordered pairs (a, b)
   unseen_pairs: np.ndarray = dataclasses.field(init=False, repr=False)    # (U, 2) the other ordered pairs
-  odr_coefficients: np.ndarray = dataclasses.field(init=False, repr=False)  # (M1', M1), rows sum to s1
-  odr: np.ndarray = dataclasses.field(init=False, repr=False)             # (M1', d_x) = odr_coefficients @ idr
+  odr_coefficients: np.ndarray = dataclasses.field(init=False, repr=False)  # (draws M1', M1), rows sum to s1
+  odr: np.ndarray = dataclasses.field(init=False, repr=False)             # (draws M1', d_x) = odr_coefficients @ idr
   odi: np.ndarray = dataclasses.field(init=False, repr=False)             # (M2, d_x) unit, in span(idi)
-  ood_pairs: np.ndarray = dataclasses.field(init=False, repr=False)       # (M1' (M1' - 1), 2)
+  ood_pairs: np.ndarray = dataclasses.field(init=False, repr=False)       # (draws M1' (M1' - 1), 2), within blocks
+  ood_construction_index: np.ndarray = dataclasses.field(init=False, repr=False)  # () int32 into OOD_CONSTRUCTIONS
 
   def __post_init__(self):
     m1 = check_int("M1", self.M1, 2)
@@ -137,6 +243,13 @@ class ClassificationTask:
       raise fail("num_ood_patterns", self.num_ood_patterns,
                  f"at most M1 = {m1}, so that the ODR patterns have disjoint supports among the IDR patterns")
     seed = check_int("seed", self.seed, 0)
+    construction = check_choice("ood_construction", self.ood_construction, OOD_CONSTRUCTIONS)
+    draws = check_int("ood_draws", self.ood_draws, 1)
+    label_noise = check_float("label_noise", self.label_noise, minimum=0.0)
+    if label_noise > 0.5:
+      raise fail("label_noise", self.label_noise,
+                 "a probability in [0, 0.5] (above 1/2 the labels mean their opposite)")
+    feature_noise = check_float("feature_noise", self.feature_noise, minimum=0.0)
 
     # Orthonormal patterns: the Q factor of a Gaussian matrix, in float64 so they are orthonormal to float32 precision.
     k_basis, k_q, k_odi = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), _PATTERN_STREAM), 3)
@@ -145,7 +258,7 @@ class ClassificationTask:
     idr_M1xD, idi_M2xD = basis_DxP[:, :m1].T, basis_DxP[:, m1:].T
     q = np.asarray(jax.random.normal(k_q, (d_y,)), np.float64)
     q /= np.linalg.norm(q)
-    coefficients = odr_coefficients(m1, num_ood, s1)
+    coefficients = ood_coefficients(construction, m1, num_ood, draws, s1, seed)
     mix = np.asarray(jax.random.normal(k_odi, (m2, m2)), np.float64)
     odi_M2xD = mix @ idi_M2xD
     odi_M2xD /= np.linalg.norm(odi_M2xD, axis=1, keepdims=True)
@@ -154,7 +267,9 @@ class ClassificationTask:
     unseen = np.array([p for p in all_pairs(m1).tolist() if tuple(p) not in seen], np.int32).reshape(-1, 2)
 
     set_ = lambda name, value: object.__setattr__(self, name, value)
-    for name, value in (("M1", m1), ("M2", m2), ("d_x", d_x), ("d_y", d_y), ("num_ood_patterns", num_ood)):
+    for name, value in (("M1", m1), ("M2", m2), ("d_x", d_x), ("d_y", d_y), ("num_ood_patterns", num_ood),
+                        ("ood_construction", construction), ("ood_draws", draws), ("label_noise", label_noise),
+                        ("feature_noise", feature_noise)):
       set_(name, value)
     set_("kappa_max", np.float32(kappa_max))
     set_("s1", np.float32(s1))
@@ -167,11 +282,13 @@ class ClassificationTask:
     set_("odr_coefficients", coefficients.astype(np.float32))
     set_("odr", (coefficients @ idr_M1xD).astype(np.float32))
     set_("odi", odi_M2xD.astype(np.float32))
-    set_("ood_pairs", all_pairs(num_ood))
+    set_("ood_pairs", block_pairs(num_ood, draws))
+    set_("ood_construction_index", np.int32(OOD_CONSTRUCTIONS.index(construction)))
 
+  # The construction's name is carried by its index (a leaf): tasks of every construction share one program.
   _LEAVES = ("kappa_max", "s1", "seed", "idr", "idi", "q", "train_pairs", "unseen_pairs", "odr_coefficients",
-             "odr", "odi", "ood_pairs")
-  _STATIC = ("M1", "M2", "d_x", "d_y", "num_ood_patterns")
+             "odr", "odi", "ood_pairs", "ood_construction_index")
+  _STATIC = ("M1", "M2", "d_x", "d_y", "num_ood_patterns", "ood_draws", "label_noise", "feature_noise")
 
   def tree_flatten(self):
     return tuple(getattr(self, n) for n in self._LEAVES), tuple(getattr(self, n) for n in self._STATIC)
@@ -182,18 +299,41 @@ class ClassificationTask:
     task = object.__new__(cls)
     for name, value in zip((*cls._LEAVES, *cls._STATIC), (*leaves, *static)):
       object.__setattr__(task, name, value)
+    index = task.ood_construction_index
+    if isinstance(index, (int, np.integer)) or (isinstance(index, np.ndarray) and index.ndim == 0):
+      object.__setattr__(task, "ood_construction", OOD_CONSTRUCTIONS[int(index)])
+    return task
+
+  def _replace(self, **values) -> ClassificationTask:
+    leaves, static = self.tree_flatten()
+    task = self.tree_unflatten(static, leaves)
+    for name, value in values.items():
+      object.__setattr__(task, name, value)
     return task
 
   def with_s1(self, s1: float) -> ClassificationTask:
     """The same patterns and split, with the ODR coefficients rescaled to sum to `s1`: the same pytree structure."""
-    s1 = check_float("s1", s1, minimum=0.0, strict=True)
-    coefficients = odr_coefficients(self.M1, self.num_ood_patterns, s1)
-    leaves, static = self.tree_flatten()
-    task = self.tree_unflatten(static, leaves)
-    object.__setattr__(task, "s1", np.float32(s1))
-    object.__setattr__(task, "odr_coefficients", coefficients.astype(np.float32))
-    object.__setattr__(task, "odr", (coefficients @ np.asarray(self.idr, np.float64)).astype(np.float32))
-    return task
+    return self.with_ood(self.ood_construction, s1)
+
+  def with_ood(self, construction: str, s1: float | None = None) -> ClassificationTask:
+    """The same patterns and split, with the ODR patterns of `construction` at `s1` (default: the task's):
+    the same pytree structure and shapes, so the same compiled programs."""
+    construction = check_choice("ood_construction", construction, OOD_CONSTRUCTIONS)
+    s1 = float(self.s1) if s1 is None else check_float("s1", s1, minimum=0.0, strict=True)
+    coefficients = ood_coefficients(construction, self.M1, self.num_ood_patterns, self.ood_draws, s1, int(self.seed))
+    return self._replace(s1=np.float32(s1), odr_coefficients=coefficients.astype(np.float32),
+                         odr=(coefficients @ np.asarray(self.idr, np.float64)).astype(np.float32),
+                         ood_construction=construction,
+                         ood_construction_index=np.int32(OOD_CONSTRUCTIONS.index(construction)))
+
+  def with_noise(self, label_noise: float = 0.0, feature_noise: float = 0.0) -> ClassificationTask:
+    """The same patterns and split with other noise levels (static: a new program); e.g. noisy test prompts for a
+    model trained without noise."""
+    label_noise = check_float("label_noise", label_noise, minimum=0.0)
+    if label_noise > 0.5:
+      raise fail("label_noise", label_noise, "a probability in [0, 0.5]")
+    return self._replace(label_noise=label_noise,
+                         feature_noise=check_float("feature_noise", feature_noise, minimum=0.0))
 
   def pairs(self, domain: str) -> np.ndarray:
     """The ordered pairs (tasks) of a domain: 'train', 'unseen' or 'ood'."""
@@ -233,6 +373,12 @@ def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, 
   nu_T = _uniform_index(u_Tx3[:, 2], irrelevant_IxD.shape[0])
   x_TxD = relevant_RxD[relevant_T] + kappa_T[:, None] * irrelevant_IxD[nu_T]
   y_L = jnp.where(same_pattern_L, y_query, -y_query)
+  # Noise (static levels, so a noise-free task draws exactly what it drew before noise existed): its own key.
+  if task.label_noise > 0:
+    flip_L = jax.random.uniform(jax.random.fold_in(key, 1), (prompt_len,)) < task.label_noise
+    y_L = jnp.where(flip_L, -y_L, y_L)
+  if task.feature_noise > 0:
+    x_TxD = x_TxD + task.feature_noise * jax.random.normal(jax.random.fold_in(key, 2), x_TxD.shape, x_TxD.dtype)
   return ClassificationPrompts(x=x_TxD[:prompt_len], y=y_L, x_query=x_TxD[prompt_len], y_query=y_query,
                                same_pattern=same_pattern_L)
 
@@ -243,22 +389,22 @@ def sample_prompts(key: jax.Array, task: ClassificationTask, batch: int, prompt_
 
   Each prompt draws its task uniformly from the domain's pairs, its query's side
   with probability 1/2, and holds exactly `num_same(prompt_len, alpha)` contexts
-  with the query's pattern, at uniformly random positions.
+  with the query's pattern, at uniformly random positions; then the task's noise.
   """
   return sample_prompts_by_count(key, task, batch, prompt_len, num_same(prompt_len, alpha), domain)
 
 
 def sample_prompts_by_count(key: jax.Array, task: ClassificationTask, batch: int, prompt_len: int,
                             same: int | jax.Array, domain: str = "train") -> ClassificationPrompts:
-  """As `sample_prompts`, with the number of same-pattern contexts given (1..prompt_len); it may be traced.
+  """As `sample_prompts`, with the number of same-pattern contexts given (0..prompt_len); it may be traced.
 
   One compiled program then serves every alpha at a prompt length.
   """
   batch = check_int("batch", batch, 1)
   prompt_len = check_int("prompt_len", prompt_len, 1)
   check_choice("domain", domain, DOMAINS)
-  if isinstance(same, (int, np.integer)) and not 1 <= same <= prompt_len:
-    raise fail("same", same, f"an integer in [1, prompt_len={prompt_len}]")
+  if isinstance(same, (int, np.integer)) and not 0 <= same <= prompt_len:
+    raise fail("same", same, f"an integer in [0, prompt_len={prompt_len}]")
   pairs_Px2, relevant_RxD, irrelevant_IxD = _patterns(task, domain)
   if pairs_Px2.shape[0] == 0:
     raise ConfigError(f"domain={domain!r} is not allowed: this task has no {domain} pairs "
@@ -287,13 +433,29 @@ def prediction_errors(prediction_B: jax.Array, y_B: jax.Array) -> jax.Array:
   return jnp.where(prediction_B == 0, 0.5, (prediction_B != y_B).astype(jnp.float32))
 
 
+# The columns of `outcome_sums`, in order.
+OUTCOMES = ("error", "error_sq", "majority_vote_error", "majority_vote_error_sq", "attention_same", "hinge",
+            "hinge_sq", "margin", "margin_sq")
+
+
+def hinge_losses(output_B: jax.Array, y_B: jax.Array) -> jax.Array:
+  """Per prompt, max(0, 1 - y F(P)): what training minimises and the theorems bound."""
+  return jax.nn.relu(1.0 - y_B * output_B)
+
+
 def outcome_sums(output_B: jax.Array, attention_BxL: jax.Array, prompts: ClassificationPrompts) -> jax.Array:
-  """(5,) sums over the batch: ICL error, its square, majority-vote error, its square, attention on same-pattern contexts.
+  """(9,) sums over the batch, in the order of OUTCOMES: ICL error and its square, majority-vote error and its
+  square, attention on same-pattern contexts, hinge loss max(0, 1 - y F) and its square, margin y F and its square.
 
   The error of sign F(P) and of the labels' majority (`prediction_errors`); float32
-  sums of halves and ones are exact below 2^23 prompts.
+  sums of halves and ones are exact below 2^23 prompts. The hinge loss and the
+  margin read F(P) itself: the error is 0 once every margin is positive, the hinge
+  loss only once every margin is at least 1.
   """
   error_B = prediction_errors(jnp.sign(output_B), prompts.y_query)
   vote_B = prediction_errors(majority_vote(prompts), prompts.y_query)
   mass_B = jnp.sum(attention_BxL * prompts.same_pattern, axis=-1)
-  return jnp.stack([error_B, error_B**2, vote_B, vote_B**2, mass_B], axis=-1).sum(0)
+  hinge_B = hinge_losses(output_B, prompts.y_query)
+  margin_B = prompts.y_query * output_B
+  return jnp.stack([error_B, error_B**2, vote_B, vote_B**2, mass_B, hinge_B, hinge_B**2, margin_B, margin_B**2],
+                   axis=-1).sum(0)

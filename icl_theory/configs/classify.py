@@ -34,9 +34,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.kappa_max = 0.5         # x = mu + kappa nu, kappa ~ U[-kappa_max, kappa_max] (THEORY: a guess)
   config.s1 = 1.0                # coefficient sum of each out-of-domain (ODR) pattern
   config.num_ood_patterns = 3    # M1': ODR patterns, each on its own group of IDR patterns (2..M1)
+  # Which IDR patterns each ODR pattern mixes (THEORY: the paper fixes only c >= 0, sum S1; every choice is ours):
+  # training_pairs ({0,1},{2,3},{4,5}: training pairs, which training teaches to repel in attention) |
+  # non_training_pairs ({0,3},{1,4},{2,5}) | random (random groups, Dirichlet weights, averaged over ood_draws draws).
+  # The headline ood_* figures use this one; summary.json reports every construction (ood_{construction}_*).
+  config.ood_construction = "non_training_pairs"
+  config.ood_draws = 8           # blocks of M1' ODR patterns (the random construction's draws; the others repeat)
+  # Noise (our choice: the paper's is unknown), in training and test prompts alike; 0 = none.
+  config.label_noise = 0.0       # probability that each context label is flipped (the query's label is kept)
+  config.feature_noise = 0.0     # std of N(0, .) added to every input coordinate, contexts and query
 
   # The training prompts.
-  config.alpha = 0.5             # fraction of contexts sharing the query's pattern, (0, 1], rounded half up
+  config.alpha = 0.5             # fraction of contexts sharing the query's pattern, (0, 1]: floor(alpha l) of them
   config.prompt_len = 20         # contexts per prompt
 
   # The model: softmax_mlp (icl_theory.classification.softmax_mlp.SoftmaxMLP, the theory's one layer) | gpt (the
@@ -69,7 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.test_prompt_len = 20    # prompt length of the headline errors
   config.test_prompt_lens = (2, 4, 10, 20, 40)  # lengths of the error-by-length table (at alpha_test)
   config.test_alphas = (0.1, 0.3, 0.5, 0.7, 0.9)     # alpha' of the error-by-alpha table (at test_prompt_len)
-  config.test_s1s = (0.5, 1.0, 1.5, 2.0)             # s1 of the out-of-domain table (at each of test_alphas)
+  config.test_s1s = (0.5, 1.0, 1.5, 2.0)             # s1 of the out-of-domain table, per construction ...
+  config.test_ood_alphas = (0.3, 0.5)                # ... at each of these alpha' (0.3: the majority is always wrong)
   config.eval_samples = 16_384   # fresh prompts per Monte Carlo error
 
   # Bookkeeping.

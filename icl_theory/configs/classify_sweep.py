@@ -4,7 +4,8 @@ r"""A grid of classification runs over the training alpha, each evaluated at sev
         [--config.alpha_values="(0.5,0.8)"] [--config.model_values="('softmax_mlp','gpt')"] \
         [--config.prompt_len_values="(10,20)"] [--config.num_seeds=3] \
         [--config.alpha_test_values="(0.3,0.5,0.7)"] [--config.s1_values="(0.5,1.0,2.0)"] \
-        [--config.test_prompt_len_values="(10,20)"] [--config.base.steps=1000]
+        [--config.test_prompt_len_values="(10,20)"] [--config.ood_construction_values="('random',)"] \
+        [--config.base.steps=1000]
 
 Every combination of the training axes (alpha_values, model_values,
 prompt_len_values) and num_seeds seeds is one trained run of `base`; each trained
@@ -22,9 +23,10 @@ where the labels' majority is always wrong, the model trained at alpha = 0.5
 (whose training prompts' majority said nothing) keeps zero error on unseen
 tasks, while the one trained at alpha = 0.8 (whose majority was always right)
 keeps zero error on its training tasks only: about 0.7 on unseen tasks. Out of
-domain at alpha' = 0.3 the error is near 1 at S_1 = 1 and falls by S_1 = 2 (to
-about 0 for alpha = 0.5, 0.25 for alpha = 0.8). The test prompt length (10 or
-20) changes little.
+domain the ODR patterns are built by base.ood_construction (non_training_pairs);
+--config.ood_construction_values="('training_pairs','non_training_pairs','random')"
+evaluates every construction (results/README.md, classify/ood, has the numbers
+for l = 20). Every error has its hinge loss and margin beside it in results.csv.
 """
 
 import ml_collections
@@ -51,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.base.test_prompt_lens = (10,)   # single-run tables (a sweep's rows do not use them): kept short
   config.base.test_alphas = (0.5,)       # idem
   config.base.test_s1s = (1.0,)          # idem
+  config.base.test_ood_alphas = (0.5,)   # idem
 
   # Training axes: every combination, times num_seeds, is one trained run.
   config.alpha_values = (0.5, 0.8)       # training alpha: 0.5 ties the labels' majority, 0.8 makes it right

@@ -12,7 +12,7 @@ import pytest
 from icl_theory.classification import experiment as classification
 from icl_theory.classification import plots
 from icl_theory.classification.experiment import EXPERIMENT
-from icl_theory.classification.task import num_same
+from icl_theory.classification.task import OOD_CONSTRUCTIONS, num_same
 from icl_theory.configs import classify, classify_sweep
 from icl_theory.engine import sweep as sweeps
 from icl_theory.engine.group import Group, with_fields
@@ -113,8 +113,13 @@ def test_details_and_summary_header(trained):
   config = group.configs[0]
   task = EXPERIMENT.validate(config)
   details = EXPERIMENT.details(jax.tree.map(lambda x: x[0], params), task, config, classification.eval_key(0))
-  assert set(details) == {"error_by_test_prompt_len", "error_by_alpha_test", "ood_error_by_s1"}
+  per_construction = {f"ood_{c}_{f}" for c in OOD_CONSTRUCTIONS for f in classification.FIGURES}
+  assert set(details) == {"error_by_test_prompt_len", "error_by_alpha_test", "ood_error_by_s1"} | per_construction
   (row,), = Group(EXPERIMENT, [config]).evaluate(_run(params, 0))
+  # The headline's out-of-domain figures are those of its construction, on the same draws.
+  for figure in classification.FIGURES:
+    assert details[f"ood_{config.ood_construction}_{figure}"] == row[f"ood_{figure}"]
+  assert {r["ood_construction"] for r in details["ood_error_by_s1"]} == set(OOD_CONSTRUCTIONS)
   # The tables' row at the headline's setting is the headline (same keys, paired draws).
   table_row, = details["error_by_test_prompt_len"]
   assert table_row["unseen_task_error"] == row["unseen_task_error"]
@@ -147,6 +152,13 @@ def test_c_plot_sweep_draws_each_varying_evaluation_field_and_training(tmp_path)
   assert sorted(os.listdir(tmp_path)) == ["error_vs_alpha_test.png", "training.png"]
   for name in os.listdir(tmp_path):
     assert os.path.getsize(tmp_path / name) > 10_000
+
+
+def test_plot_sweep_splits_panels_by_ood_construction_and_draws_the_hinge_loss(tmp_path):
+  rows = [{**row, "ood_construction": construction, **{f"{p}_hinge": 0.5 for p in ("unseen_task", "ood")}}
+          for construction in ("training_pairs", "random") for row in _rows()]
+  plots.plot_sweep(rows, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["error_vs_alpha_test.png", "training.png"]
 
 
 def test_format_sweep():

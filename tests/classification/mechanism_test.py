@@ -147,6 +147,23 @@ def test_pruning_zeroes_the_right_rows(rate, zeroed_smallest, zeroed_largest):
   np.testing.assert_allclose(sorted(survivors[survivors > 0]), sorted(_NORMS)[len(zeroed_smallest):], rtol=1e-6)
 
 
+def test_pruning_by_w_o_w_v_ranks_by_the_rows_of_the_product_not_of_w_o():
+  """W_V scales token directions unevenly, so a row of W_O that is long may read a direction W_V shrinks."""
+  # Rows of W_O: norms 1..4 along the basis vectors e_0..e_3; W_V = diag(4, 3, 2, 1, ...) reverses their order.
+  w_o = np.zeros((4, 6), np.float32)
+  w_o[np.arange(4), np.arange(4)] = [1.0, 2.0, 3.0, 4.0]
+  w_v = np.diag([4.0, 3.0, 1.0, 0.25, 1.0, 1.0]).astype(np.float32)
+  params = {"W_Q": jnp.eye(6), "W_K": jnp.eye(6), "W_V": jnp.asarray(w_v), "W_O": jnp.asarray(w_o)}
+  np.testing.assert_allclose(mechanism.neuron_norms(params, "w_o"), [1, 2, 3, 4])
+  np.testing.assert_allclose(mechanism.neuron_norms(params, "w_o_w_v"), [4, 6, 3, 1])  # |W_O[i] W_V|
+  zeroed = lambda ranking, strategy: sorted(np.flatnonzero(np.linalg.norm(np.asarray(
+      mechanism.prune(params, 0.5, strategy, ranking=ranking)["W_O"]), axis=1) == 0))
+  assert zeroed("w_o", "smallest") == [0, 1] and zeroed("w_o", "largest") == [2, 3]
+  assert zeroed("w_o_w_v", "smallest") == [2, 3] and zeroed("w_o_w_v", "largest") == [0, 1]
+  with pytest.raises(ConfigError, match="^ranking="):
+    mechanism.prune(params, 0.5, "smallest", ranking="w_v")
+
+
 def test_random_pruning_zeroes_the_right_count_and_depends_on_the_key():
   params = _params_with_row_norms(_NORMS)
   zeroed = [frozenset(np.flatnonzero(np.linalg.norm(np.asarray(

@@ -15,6 +15,7 @@ from icl_theory import experiments
 from icl_theory.engine import files
 from icl_theory.configs import classify
 from icl_theory.classification import experiment as classification
+from icl_theory.classification.task import OOD_CONSTRUCTIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _STEPS = 300
@@ -89,7 +90,11 @@ def test_summary_and_outputs(trained):
     assert key in summary, key
   row, = summary["error_by_test_prompt_len"]
   assert row["test_prompt_len"] == 10 and {"unseen_task_error", "ood_error", "ood_error_stderr"} <= set(row)
-  assert [(r["s1"], r["alpha_test"]) for r in summary["ood_error_by_s1"]] == [(1.0, 0.3)]
+  assert [(r["ood_construction"], r["s1"], r["alpha_test"]) for r in summary["ood_error_by_s1"]] == [
+      (c, 1.0, a) for c in OOD_CONSTRUCTIONS for a in summary["config"]["test_ood_alphas"]]
+  for prefix in ("train_task", "unseen_task", "ood", *(f"ood_{c}" for c in OOD_CONSTRUCTIONS)):
+    for suffix in ("_hinge", "_hinge_stderr", "_margin", "_margin_stderr"):
+      assert prefix + suffix in summary, prefix + suffix
   assert summary["steps"] == _STEPS and summary["num_train_tasks"] == 12 and summary["num_unseen_tasks"] == 18
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     assert [json.loads(line)["step"] for line in f] == list(range(100, _STEPS + 1, 100))
@@ -101,7 +106,8 @@ def test_summary_and_outputs(trained):
 
 def test_the_command_line_prints_icl_beside_majority_vote(trained):
   assert trained.stdout == experiments.format_summary(trained.summary) + f"\n\nwritten to {trained.workdir}\n"
-  assert "unseen tasks" in trained.stdout and "majority" in trained.stdout and "ood error by s1" in trained.stdout
+  assert "unseen tasks" in trained.stdout and "majority" in trained.stdout
+  assert "ood error (hinge loss) by s1" in trained.stdout
   assert f"step {_STEPS}/{_STEPS}" in trained.stderr  # the progress lines
 
 

@@ -104,16 +104,16 @@ def test_odi_patterns_are_unit_vectors_in_the_idi_span(task):
 
 
 @pytest.mark.parametrize("prompt_len, alpha, same", [
-    (10, 0.3, 3), (10, 0.35, 4), (10, 0.34, 3), (3, 2 / 3, 2), (20, 0.5, 10), (5, 0.5, 3), (4, 1.0, 4),
-    (20, 0.01, 1), (1, 0.2, 1), (1, 1.0, 1),
+    (10, 0.3, 3), (10, 0.35, 3), (10, 0.39, 3), (3, 2 / 3, 2), (20, 0.5, 10), (5, 0.5, 2), (4, 1.0, 4),
+    (10, 0.7, 7), (20, 0.01, 0), (1, 0.2, 0), (4, 0.2, 0), (5, 0.2, 1), (1, 1.0, 1),
 ])
-def test_num_same_rounds_half_up_and_keeps_one(prompt_len, alpha, same):
+def test_num_same_is_the_floor_of_alpha_l_and_may_be_zero(prompt_len, alpha, same):
   assert num_same(prompt_len, alpha) == same
 
 
 @pytest.mark.parametrize("domain, prompt_len, alpha", [
     *[(d, _LEN, a) for d in classification.DOMAINS for a in (0.3, 0.35, 0.5, 1.0, 0.01)],
-    ("train", 1, 0.5),
+    ("train", 1, 0.5), ("unseen", 4, 0.2),
 ])
 def test_sampler_puts_exactly_the_alpha_count_at_uniform_positions(task, domain, prompt_len, alpha):
   same = num_same(prompt_len, alpha)
