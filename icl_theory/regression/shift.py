@@ -96,7 +96,7 @@ def evaluate_shift(run: Any, task: RegressionTask | None = None, config: ml_coll
   (learned_risk_test - R*_test; for a deeper LSA the network's Monte Carlo risk - R*_test),
   model_risk_mc_test and its stderr (the network on `num_samples` prompts), gamma_rel_error_test
   (against Gamma*_test), train_optimal_risk_test (R_test of the training optimum Gamma*_train), the
-  baselines (one_step_gd, preconditioned_gd, ridge, ols: `*_risk_test` with stderrs) and test_task
+  baselines (one_step_gd, preconditioned_gd, ridge, ols: `*_risk_test` and `*_risk_test_stderr`; one_step_gd_lr_test) and test_task
   (n, cov_x, cov_w, noise_std). `num_samples`, `gamma_mc_samples`: the run's eval_samples and
   gamma_mc_samples by default; `key`: the run's evaluation key.
   """
@@ -134,7 +134,8 @@ def evaluate_shift(run: Any, task: RegressionTask | None = None, config: ml_coll
   else:
     out["train_optimal_risk_test"] = float(theory.gamma_risk_mc(train_gamma, test, jax.random.split(key, 3)[2],
                                                                 num_samples).value)
-  out.update({f"{name}_test": value for name, value in baselines.items()})
+  test_name = lambda name: name[:-len("_stderr")] + "_test_stderr" if name.endswith("_stderr") else name + "_test"
+  out.update({test_name(name): value for name, value in baselines.items()})
   out["test_task"] = {"n": test.n, "cov_x": np.asarray(test.cov_x).tolist(), "cov_w": np.asarray(test.cov_w).tolist(),
                       "noise_std": float(test.noise_std)}
   return files.to_builtin(out)
