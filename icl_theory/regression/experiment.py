@@ -239,6 +239,12 @@ def format_summary(summary: dict[str, Any]) -> str:
   # Noiseless linear data with n >= d: the context determines w, so ridge and OLS predict exactly.
   exact = (config["noise_std"] == 0 and config["response"] == "linear" and config["n"] >= config["d"])
   why = "    (exact: noiseless data and n >= d determine w)" if exact else ""
+  if summary.get("num_tasks"):  # a finite pool of tasks (icl_theory.regression.pool)
+    lines += [f"pool of {summary['num_tasks']} tasks: Gamma_eff vs Gamma*_pool {num(summary['pool_gamma_rel_error'])}"
+              f" (rel. error); fresh-task risk of Gamma*_pool {num(summary['pool_optimal_fresh_risk'])}",
+              f"  on the pool's tasks: network {summary['model_risk_mc_pool']:.4f}, dMMSE "
+              f"{summary['pool_bayes_risk_pool']:.4f}, ridge {summary['ridge_risk_pool']:.4f}; "
+              f"dMMSE on fresh tasks {summary['pool_bayes_risk']:.4f}"]
   lines += ["", "baseline risks:",
             f"  one-step GD (eta={summary['one_step_gd_lr']:.4f})  {summary['one_step_gd_risk']:.4f}",
             f"  preconditioned GD (Gamma*) {summary['preconditioned_gd_risk']:.4f}",
