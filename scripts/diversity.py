@@ -1,4 +1,4 @@
-r"""Task diversity (Raventos et al. 2023) for one LSA layer: risk on fresh tasks against the pool size M, under results/diversity/.
+r"""Task diversity (Raventos et al. 2023) for one LSA layer: fresh-task risk against the pool size M.
 
     python3 scripts/diversity.py [--out=results/diversity] [--workdir=DIR]
 
@@ -113,7 +113,8 @@ def plot(exact, bayes, trained, path):
   m = np.array([r["num_tasks"] for r in exact])
   mean, sd = np.array([r["fresh_risk_mean"] for r in exact]), np.array([r["fresh_risk_sd"] for r in exact])
   ax_fresh.plot(m, [r["fresh_risk_seed0"] for r in exact], "k-", label="one layer, exact: R(Gamma*_pool), pool seed 0")
-  ax_fresh.fill_between(m, mean - sd, mean + sd, color="k", alpha=0.12, label=f"exact, mean +- sd over {EXACT_POOLS} pools")
+  ax_fresh.fill_between(m, mean - sd, mean + sd, color="k", alpha=0.12,
+                        label=f"exact, mean +- sd over {EXACT_POOLS} pools")
   ax_fresh.axhline(exact[0]["optimal_risk"], color="k", ls=":", label="R* (the prior's optimum, M = infinity)")
   ax_pool.plot(m, [r["pool_risk_seed0"] for r in exact], "k-", label="one layer, exact: R_pool(Gamma*_pool)")
   for ax, which in ((ax_fresh, "fresh"), (ax_pool, "pool")):

@@ -80,7 +80,8 @@ def plot(length_rows, cov_rows, path):
     ax.set_ylabel("risk on the test distribution")
 
   panel(axes[0], length_rows, "n_test", "test prompt length n_test (trained at n = 10)", True)
-  panel(axes[1], [r for r in cov_rows if r["shift"] == "scale"], "scale", "cov_x_test = s cov_x (trained at s = 1)", True)
+  panel(axes[1], [r for r in cov_rows if r["shift"] == "scale"], "scale", "cov_x_test = s cov_x (trained at s = 1)",
+        True)
   panel(axes[2], [r for r in cov_rows if r["shift"] == "rotation"], "degrees",
         "cov_x turned by theta (degrees) between its extreme eigenvectors", False)
   axes[0].legend(fontsize=7)

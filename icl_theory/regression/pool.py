@@ -110,7 +110,7 @@ def discrete_posterior_mean(x_BxNxD: jax.Array, y_BxN: jax.Array, pool: jax.Arra
 
 
 def _linear_risk(v_BxD: jax.Array, contexts: Contexts, cov_x: jax.Array) -> jax.Array:
-  """E[(v^T x_q - y_q)^2 | context, w] = v^T Sx v - 2 v^T E[x_q y_q] + E[y_q^2], per prompt: the query integrated out."""
+  """E[(v^T x_q - y_q)^2 | context, w] = v^T Sx v - 2 v^T E[x_q y_q] + E[y_q^2] per prompt: the query integrated out."""
   return jnp.einsum("bd,de,be->b", v_BxD, cov_x, v_BxD) - 2 * jnp.einsum("bd,bd->b", v_BxD, contexts.xy_query) \
       + contexts.yy_query
 
@@ -137,7 +137,8 @@ def predictor_risks_mc(key: jax.Array, task: RegressionTask, num_samples: int, p
     contexts = sample_contexts(k, task, chunk)
     ridge_BxD = jax.vmap(lambda x, y: theory.bayes_posterior(x, y, task.cov_w, noise_var)[0])(contexts.x, contexts.y)
     out = {"ridge": _linear_risk(ridge_BxD, contexts, task.cov_x),
-           "dmmse": _linear_risk(discrete_posterior_mean(contexts.x, contexts.y, pool, noise_var), contexts, task.cov_x)}
+           "dmmse": _linear_risk(discrete_posterior_mean(contexts.x, contexts.y, pool, noise_var), contexts,
+                                 task.cov_x)}
     if params is not None:
       factor_DxNxB = jnp.concatenate([contexts.x, contexts.y[..., None]], axis=-1).transpose(2, 1, 0)
       out["model"] = _linear_risk(lsa.query_readout(params, factor_DxNxB, task.n).T, contexts, task.cov_x)
@@ -201,4 +202,5 @@ def pool_metrics(params: Any, task: RegressionTask, key: jax.Array, num_samples:
     mean = pool.mean(axis=0)
     norms = jnp.linalg.norm(readout) * jnp.linalg.norm(mean)
     out["p_x_mean_cosine"] = jnp.where(norms > 0, jnp.vdot(readout, mean) / jnp.where(norms > 0, norms, 1.0), 0.0)
-  return {k: None if v is None else (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in out.items()}
+  as_python = lambda v: None if v is None else (np.asarray(v).tolist() if np.ndim(v) else float(v))
+  return {k: v if k == "num_tasks" else as_python(v) for k, v in out.items()}

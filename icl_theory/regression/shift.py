@@ -42,7 +42,9 @@ def _fields(config: ml_collections.ConfigDict | dict | None) -> dict[str, Any]:
 
 def test_task(task: RegressionTask, config: ml_collections.ConfigDict | dict | None = None,
               **fields: Any) -> RegressionTask:
-  """The training `task` with the test fields of `config` (or `fields`, which win) in place; ConfigError names a bad one.
+  """The training `task` with the test fields of `config` (or `fields`, which win) in place.
+
+  A ConfigError names a test field that is not allowed.
 
   The covariances of the training task are matrices here: a covariate shift leaves the prior cov_w
   as trained (a training cov_w='inverse' stays the training cov_x^-1), unless cov_w_test is given.
@@ -96,7 +98,8 @@ def evaluate_shift(run: Any, task: RegressionTask | None = None, config: ml_coll
   (learned_risk_test - R*_test; for a deeper LSA the network's Monte Carlo risk - R*_test),
   model_risk_mc_test and its stderr (the network on `num_samples` prompts), gamma_rel_error_test
   (against Gamma*_test), train_optimal_risk_test (R_test of the training optimum Gamma*_train), the
-  baselines (one_step_gd, preconditioned_gd, ridge, ols: `*_risk_test` and `*_risk_test_stderr`; one_step_gd_lr_test) and test_task
+  baselines (one_step_gd, preconditioned_gd, ridge, ols: `*_risk_test` and `*_risk_test_stderr`;
+  one_step_gd_lr_test) and test_task
   (n, cov_x, cov_w, noise_std). `num_samples`, `gamma_mc_samples`: the run's eval_samples and
   gamma_mc_samples by default; `key`: the run's evaluation key.
   """
@@ -119,7 +122,8 @@ def evaluate_shift(run: Any, task: RegressionTask | None = None, config: ml_coll
   gamma_mc_samples = int(gamma_mc_samples or config.gamma_mc_samples)
   gamma_star = evaluation.reference_gamma(test, jax.random.split(key, 3)[1], gamma_mc_samples)
   compared = evaluation.compare(params, test, key, num_samples, gamma_star=gamma_star)
-  baselines = evaluation.baseline_risks(test, key, num_samples, gamma_star=gamma_star, gamma_mc_samples=gamma_mc_samples)
+  baselines = evaluation.baseline_risks(test, key, num_samples, gamma_star=gamma_star,
+                                        gamma_mc_samples=gamma_mc_samples)
   learned = compared["learned_risk"]
   out = {"learned_risk_test": learned, "learned_risk_test_stderr": compared["learned_risk_stderr"],
          "optimal_risk_test": compared["optimal_risk"], "optimal_risk_test_stderr": compared["optimal_risk_stderr"],
