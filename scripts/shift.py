@@ -83,7 +83,9 @@ def plot(length_rows, cov_rows, path):
   panel(axes[1], [r for r in cov_rows if r["shift"] == "scale"], "scale", "cov_x_test = s cov_x (trained at s = 1)",
         True)
   panel(axes[2], [r for r in cov_rows if r["shift"] == "rotation"], "degrees",
-        "cov_x turned by theta (degrees) between its extreme eigenvectors", False)
+        "rotation of cov_x by theta (degrees)", False)
+  axes[1].set_xticks(SCALES, [f"{s:g}" for s in SCALES])
+  axes[1].minorticks_off()
   axes[0].legend(fontsize=7)
   fig.suptitle("One LSA layer (d=5, n=10, sigma=0.5, cov_x geometric:4@0) scored on shifted test distributions")
   fig.tight_layout()
