@@ -167,8 +167,9 @@ def pool_metrics(params: Any, task: RegressionTask, key: jax.Array, num_samples:
   pool_gamma_rel_error (||Gamma_eff - Gamma*_pool|| / ||Gamma*_pool||) and learned_pool_risk (R of
   Gamma_eff on the pool, exact); model_risk_mc_pool (the network on the pool's tasks, Monte Carlo over
   `num_samples` prompts); pool_bayes_risk (dMMSE on fresh tasks), pool_bayes_risk_pool and
-  ridge_risk_pool (on the pool's tasks), over `bayes_samples` prompts; p_x_mean_cosine (the cosine
-  between the full layer's y-independent readout Q11^T Sx p_x and the pool's mean task) and
+  ridge_risk_pool (on the pool's tasks), over `bayes_samples` prompts (dMMSE's None when sigma = 0);
+  p_x_mean_cosine (the cosine between the full layer's y-independent readout Q11^T Sx p_x and the
+  pool's mean task) and
   p_x_pool_risk_gain (learned_pool_risk - model_risk_mc_pool: what the terms off the family, p_x's
   and q21's, gain on the pool's tasks).
   """
@@ -191,6 +192,9 @@ def pool_metrics(params: Any, task: RegressionTask, key: jax.Array, num_samples:
   out["pool_bayes_risk"], out["pool_bayes_risk_stderr"] = fresh["dmmse"]
   out["pool_bayes_risk_pool"], out["pool_bayes_risk_pool_stderr"] = on_pool["dmmse"]
   out["ridge_risk_pool"], out["ridge_risk_pool_stderr"] = on_pool["ridge"]
+  if not float(task.noise_std) > 0:  # dMMSE's likelihood needs noise: without it the posterior is not defined
+    out.update({k: None for k in ("pool_bayes_risk", "pool_bayes_risk_stderr", "pool_bayes_risk_pool",
+                                  "pool_bayes_risk_pool_stderr")})
   out.update(pool_gamma_rel_error=None, learned_pool_risk=None, p_x_mean_cosine=None, p_x_pool_risk_gain=None)
   if lsa.num_layers(params) == 1:
     gamma = lsa.effective_gamma(params)

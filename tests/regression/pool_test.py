@@ -132,3 +132,18 @@ def test_trained_layer_learns_the_pool_optimum(tmp_path):
   assert abs(summary["learned_risk"] - summary["pool_optimal_fresh_risk"]) < 0.01 * summary["pool_optimal_fresh_risk"]
   assert abs(summary["learned_risk"] - summary["model_risk_mc"]) < 4 * summary["model_risk_mc_stderr"]
   assert abs(summary["learned_pool_risk"] - summary["model_risk_mc_pool"]) < 4 * summary["model_risk_mc_pool_stderr"]
+
+
+def test_pool_metrics_of_a_given_layer_without_noise():
+  # A layer with a known Gamma and p_x = q21 = 0 on a noiseless pool: the exact parts are Gamma's,
+  # p_x has no readout, and dMMSE (whose likelihood needs noise) is not reported.
+  task = _task(noise_std=0.0)
+  out = pool.pool_metrics(_layer(_GAMMA), task, jax.random.PRNGKey(5), 512, 64)
+  gamma_pool = np.asarray(pool.pool_optimal_gamma(task))
+  assert np.isclose(out["pool_gamma_rel_error"], np.linalg.norm(_GAMMA - gamma_pool) / np.linalg.norm(gamma_pool),
+                    rtol=1e-5)
+  assert np.isclose(out["learned_pool_risk"], float(theory.gamma_risk(jnp.asarray(_GAMMA), pool.moment_task(task))),
+                    rtol=1e-5)
+  assert out["p_x_mean_cosine"] == 0.0 and out["num_tasks"] == 5
+  assert out["pool_bayes_risk"] is None and out["pool_bayes_risk_pool"] is None
+  assert abs(out["learned_pool_risk"] - out["model_risk_mc_pool"]) < 4 * out["model_risk_mc_pool_stderr"]
