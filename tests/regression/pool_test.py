@@ -134,6 +134,7 @@ def test_trained_layer_learns_the_pool_optimum(tmp_path):
   assert abs(summary["learned_pool_risk"] - summary["model_risk_mc_pool"]) < 4 * summary["model_risk_mc_pool_stderr"]
 
 
+@pytest.mark.slow
 def test_pool_metrics_of_a_given_layer_without_noise():
   # A layer with a known Gamma and p_x = q21 = 0 on a noiseless pool: the exact parts are Gamma's,
   # p_x has no readout, and dMMSE (whose likelihood needs noise) is not reported.
