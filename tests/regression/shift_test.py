@@ -122,3 +122,19 @@ def test_sweep_evaluation_axes_score_without_retraining(tmp_path):
     assert np.isclose(row["learned_risk"], float(theory.gamma_risk(gamma, test)), rtol=1e-5)
     assert np.isclose(row["optimal_risk"], float(theory.optimal_risk(test)), rtol=1e-5)
     assert abs(row["learned_risk"] - row["model_risk_mc"]) < 4 * row["model_risk_mc_stderr"]
+
+
+@pytest.mark.slow
+def test_deeper_and_nonlinear_models_get_the_monte_carlo_parts():
+  # Two layers: no Gamma_eff, so the gap is the network's Monte Carlo risk over R*_test.
+  config = _config(num_layers=2, eval_samples=4000)
+  params = lsa_regression.make_objective(lsa_regression.build_task(config), config).init(jax.random.PRNGKey(0))
+  out = shift.evaluate_shift(params, config=config, n_test=20)
+  assert out["learned_risk_test"] is None and out["effective_gamma"] is None
+  assert np.isclose(out["risk_gap_test"], out["model_risk_mc_test"] - out["optimal_risk_test"], rtol=1e-6)
+  # ReLU responses: Gamma_eff's risk is itself Monte Carlo, on other prompts than the network's; both estimate
+  # the same number (the layer computes x_q^T Gamma g exactly).
+  relu = _config(response="relu", eval_samples=20_000, gamma_mc_samples=20_000)
+  out = shift.evaluate_shift(_layer_with_gamma(0.4 * np.eye(3, dtype=np.float32)), config=relu, n_test=20)
+  both = np.hypot(out["learned_risk_test_stderr"], out["model_risk_mc_test_stderr"])
+  assert out["learned_risk_test_stderr"] > 0 and abs(out["learned_risk_test"] - out["model_risk_mc_test"]) < 4 * both
