@@ -121,24 +121,27 @@ def _chunk(num_tasks: int, num_samples: int) -> int:
 
 @precision.scoped
 @functools.partial(jax.jit, static_argnames="num_samples")
-def predictor_risks_mc(key: jax.Array, task: RegressionTask, num_samples: int, params: Any, pool: jax.Array
+def predictor_risks_mc(key: jax.Array, task: RegressionTask, num_samples: int, params: Any, pool: jax.Array | None
                        ) -> dict[str, theory.Estimate]:
   """Monte Carlo risks on `task`'s prompts (its pool's tasks, or fresh ones) of the LSA, ridge and dMMSE.
 
   All three predict linearly in the query, so the query is integrated out exactly (`_linear_risk`) and
   the three are scored on the same contexts. `params`: an LSA's (None: not scored). `pool`: the
-  discrete prior of dMMSE (its noise variance is the task's).
+  discrete prior of dMMSE (its noise variance is the task's); None: neither Bayes predictor is scored
+  (dMMSE costs prompts x pool size).
   """
-  chunk = _chunk(pool.shape[0], num_samples)
+  chunk = _chunk(1 if pool is None else pool.shape[0], num_samples)
   num_chunks = -(-num_samples // chunk)
   noise_var = task.noise_std**2
 
   def risks(k):
     contexts = sample_contexts(k, task, chunk)
-    ridge_BxD = jax.vmap(lambda x, y: theory.bayes_posterior(x, y, task.cov_w, noise_var)[0])(contexts.x, contexts.y)
-    out = {"ridge": _linear_risk(ridge_BxD, contexts, task.cov_x),
-           "dmmse": _linear_risk(discrete_posterior_mean(contexts.x, contexts.y, pool, noise_var), contexts,
-                                 task.cov_x)}
+    out = {}
+    if pool is not None:
+      posterior_mean = lambda x, y: theory.bayes_posterior(x, y, task.cov_w, noise_var)[0]
+      out["ridge"] = _linear_risk(jax.vmap(posterior_mean)(contexts.x, contexts.y), contexts, task.cov_x)
+      out["dmmse"] = _linear_risk(discrete_posterior_mean(contexts.x, contexts.y, pool, noise_var), contexts,
+                                  task.cov_x)
     if params is not None:
       factor_DxNxB = jnp.concatenate([contexts.x, contexts.y[..., None]], axis=-1).transpose(2, 1, 0)
       out["model"] = _linear_risk(lsa.query_readout(params, factor_DxNxB, task.n).T, contexts, task.cov_x)
@@ -185,7 +188,7 @@ def pool_metrics(params: Any, task: RegressionTask, key: jax.Array, num_samples:
       "pool_optimal_fresh_risk": pool_optimal_fresh_risk(task),
       "pool_optimal_pool_risk": theory.gamma_risk(gamma_pool, moments),
   }
-  model = predictor_risks_mc(k_model, task, num_samples, params, pool)["model"]
+  model = predictor_risks_mc(k_model, task, num_samples, params, None)["model"]
   out["model_risk_mc_pool"], out["model_risk_mc_pool_stderr"] = model
   fresh = predictor_risks_mc(k_fresh, without_pool(task), bayes_samples, None, pool)
   on_pool = predictor_risks_mc(k_pool, task, bayes_samples, None, pool)
