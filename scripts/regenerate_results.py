@@ -6,8 +6,8 @@ Runs, one after another, each script that writes results/ (as its own process,
 as a user would): core_results.py (lsa/default_run, lsa/sweep_small),
 lsa_paper.py (lsa/isotropic, preconditioned, nonlinear, depth), classify_paper.py
 (classify/prompt_length, mechanism, pruning, classical), classify_ood.py
-(classify/ood) and benchmark.py (benchmark.json; run it on an idle machine). Each
-script's wall time is written to results/regenerate_times.json as soon as it
+(classify/ood), diversity.py (diversity), shift.py (shift) and benchmark.py
+(benchmark.json; run it on an idle machine). Each script's wall time is written to results/regenerate_times.json as soon as it
 finishes. With --workdir every script keeps its training there (DIR/<script>) and
 a rerun after a kill resumes where it stopped; a script that fails stops the
 command with its exit status.
@@ -31,6 +31,8 @@ SCRIPTS = {
     "lsa_paper": ("lsa_paper.py", True),
     "classify_paper": ("classify_paper.py", True),
     "classify_ood": ("classify_ood.py", True),
+    "diversity": ("diversity.py", True),
+    "shift": ("shift.py", True),
     "benchmark": ("benchmark.py", False),
 }
 _ONLY = flags.DEFINE_list("only", list(SCRIPTS), f"Which scripts: a subset of {','.join(SCRIPTS)}.")

@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.cov_w = "identity"      # task-vector covariance spec, as cov_x, or 'inverse' (= cov_x^-1)
   config.response = "linear"     # linear | relu | tanh | cube | abs | mlp
   config.mlp_width = 16          # hidden width of the random ReLU network (response='mlp')
+  config.num_tasks = 0           # M > 0: M task vectors drawn once from the seed, each prompt uses one (0: fresh w)
 
   # The model.
   config.num_layers = 1          # LSA layers; the theorems are about one
@@ -51,4 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3    # how many recent checkpoints to keep
   config.eval_samples = 100_000  # fresh prompts for the Monte Carlo risks in summary.json
   config.gamma_mc_samples = 1_000_000  # prompts for the Monte Carlo Gamma* and eta_f (nonlinear responses)
+  config.pool_bayes_samples = 4096     # prompts for the Bayes predictors' risks of a task pool (num_tasks > 0)
+  # Test distribution of every metric (None: as trained; icl_theory.regression.shift), evaluation only.
+  placeholder = ml_collections.config_dict.placeholder
+  config.n_test = placeholder(int)              # test prompt length
+  config.cov_x_test = placeholder(str)          # test covariate covariance spec, as cov_x
+  config.cov_w_test = placeholder(str)          # test task prior, as cov_w ('inverse': cov_x_test^-1)
+  config.noise_std_test = placeholder(float)    # test response noise
   return config

@@ -37,5 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.noise_std_values = (0.5,)      # response noise levels (> 0 keeps ridge and OLS off zero risk)
   config.response_values = ("linear",)  # responses
   config.num_layers_values = (1,)       # LSA depths (each depth is its own group of runs)
+  placeholder = ml_collections.config_dict.placeholder  # None: not swept (set a tuple to sweep it)
+  config.num_tasks_values = placeholder(tuple)  # pool sizes M (0: a fresh task per prompt), e.g. "(0,16,256)"
+  # Evaluation axes: every trained run scored at each test value, without retraining (regression/shift.py).
+  config.n_test_values = placeholder(tuple)         # test prompt lengths
+  config.cov_x_test_values = placeholder(tuple)     # test covariate covariances
+  config.cov_w_test_values = placeholder(tuple)     # test task priors
+  config.noise_std_test_values = placeholder(tuple) # test noise levels
   config.num_seeds = 3                  # seeds base.seed, base.seed + 1, ...
   return config

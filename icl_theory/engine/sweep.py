@@ -65,8 +65,9 @@ def _values(config: ml_collections.ConfigDict, field: str) -> tuple:
 
 
 def _axes(config: ml_collections.ConfigDict, axes: dict[str, str]) -> list[tuple[str, str, tuple]]:
-  """(sweep field, run field, values) for each of `axes` that the sweep config sets."""
-  return [(field, run_field, _values(config, field)) for field, run_field in axes.items() if field in config]
+  """(sweep field, run field, values) for each of `axes` that the sweep config sets (None: not swept)."""
+  return [(field, run_field, _values(config, field)) for field, run_field in axes.items()
+          if field in config and config[field] is not None]
 
 
 def expand_grid(experiment: Experiment, config: ml_collections.ConfigDict) -> list[GridRun]:
@@ -155,7 +156,9 @@ def _check_workdir(experiment: Experiment, workdir: str, config: ml_collections.
   """
   path = os.path.join(workdir, SWEEP_CONFIG_FILE)
   free = set(experiment.bookkeeping_fields) | set(experiment.evaluation_fields)
-  strip = lambda c: {**{k: v for k, v in c.items() if k not in experiment.evaluation_axes and k != "base"},
+  # An axis set to None is not swept: the same sweep as one written before the axis existed.
+  strip = lambda c: {**{k: v for k, v in c.items()
+                        if k not in experiment.evaluation_axes and k != "base" and v is not None},
                      "base": {k: v for k, v in c["base"].items() if k not in free}}
   wanted = files.to_builtin(config.to_dict())
   if not overwrite and os.path.exists(path) and strip(files.read_json(path)) != strip(wanted):

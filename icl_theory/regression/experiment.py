@@ -10,6 +10,7 @@ sweeps and evaluates; `icl_theory.train(config)` with `config.experiment =
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 
 from icl_theory.engine import experiment, group, sharding, trainer
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
-from icl_theory.regression import evaluation, lsa, lsa_fused, plots, statistics, theory
+from icl_theory.regression import evaluation, lsa, lsa_fused, plots, pool, shift, statistics, theory
 from icl_theory.regression.statistics import sample_statistics
 from icl_theory.regression.task import (SYMMETRIC_RESPONSES, Contexts, RegressionTask, mirror, sample_contexts,
                                         sample_prompts)
@@ -31,13 +32,18 @@ PRECONDITIONERS = ("none", "curvature")
 
 
 def build_task(config: ml_collections.ConfigDict) -> RegressionTask:
-  return RegressionTask(d=config.d, n=config.n, cov_x=config.cov_x, cov_w=config.cov_w,
+  task = RegressionTask(d=config.d, n=config.n, cov_x=config.cov_x, cov_w=config.cov_w,
                         noise_std=config.noise_std, response=config.response, mlp_width=config.mlp_width)
+  if config.get("num_tasks", 0):  # a finite pool of tasks, drawn once from the seed (icl_theory.regression.pool)
+    task = dataclasses.replace(task, pool=pool.draw_pool(config.seed, config.num_tasks, task.cov_w))
+  return task
 
 
 def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   """Checks every field (raising ConfigError naming it) and returns the task."""
+  pool.validate(config)
   task = build_task(config)
+  shift.validate(config, task)
   check_int("num_layers", config.num_layers, 1)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
   check_float("vanishing_init_scale", config.vanishing_init_scale, minimum=0.0)
@@ -233,6 +239,12 @@ def format_summary(summary: dict[str, Any]) -> str:
   # Noiseless linear data with n >= d: the context determines w, so ridge and OLS predict exactly.
   exact = (config["noise_std"] == 0 and config["response"] == "linear" and config["n"] >= config["d"])
   why = "    (exact: noiseless data and n >= d determine w)" if exact else ""
+  if summary.get("num_tasks"):  # a finite pool of tasks (icl_theory.regression.pool)
+    lines += [f"pool of {summary['num_tasks']} tasks: Gamma_eff vs Gamma*_pool {num(summary['pool_gamma_rel_error'])}"
+              f" (rel. error); fresh-task risk of Gamma*_pool {num(summary['pool_optimal_fresh_risk'])}",
+              f"  on the pool's tasks: network {summary['model_risk_mc_pool']:.4f}, dMMSE "
+              f"{summary['pool_bayes_risk_pool']:.4f}, ridge {summary['ridge_risk_pool']:.4f}; "
+              f"dMMSE on fresh tasks {summary['pool_bayes_risk']:.4f}"]
   lines += ["", "baseline risks:",
             f"  one-step GD (eta={summary['one_step_gd_lr']:.4f})  {summary['one_step_gd_risk']:.4f}",
             f"  preconditioned GD (Gamma*) {summary['preconditioned_gd_risk']:.4f}",
@@ -256,12 +268,15 @@ class LSARegression(experiment.Experiment):
 
   name = "lsa_regression"
   run_figure = "lsa.png"
-  evaluation_fields = ("eval_samples", "gamma_mc_samples")
+  evaluation_fields = ("eval_samples", "gamma_mc_samples", "pool_bayes_samples") + shift.TEST_FIELDS
   training_axes = {"n_values": "n", "cov_x_values": "cov_x", "cov_w_values": "cov_w",
-                   "noise_std_values": "noise_std", "response_values": "response", "num_layers_values": "num_layers"}
+                   "noise_std_values": "noise_std", "response_values": "response", "num_layers_values": "num_layers",
+                   "num_tasks_values": "num_tasks"}
+  # Evaluation-only: every trained run is scored on each test distribution (icl_theory.regression.shift).
+  evaluation_axes = {f"{field}_values": field for field in shift.TEST_FIELDS}
   # Covariances and noise enter the task's arrays only: runs differing in them share a program.
   array_fields = ("cov_x", "cov_w", "noise_std")
-  metrics = METRICS
+  metrics = METRICS + pool.METRICS
 
   def validate(self, config):
     return validate_config(config)
@@ -282,15 +297,24 @@ class LSARegression(experiment.Experiment):
     return make_objective(task, config, fused=num_runs == 1)
 
   def reference_loss(self, task):
+    if task.pool is not None:  # the training loss's optimum is the pool's
+      return float(theory.gamma_risk(pool.pool_optimal_gamma(task), pool.moment_task(task)))
     return float(jax.jit(theory.optimal_risk)(task)) if task.is_gaussian else None
 
   def compile_evaluation(self, param_shapes, tasks, configs, devices):
-    return evaluation.compile_evaluation(param_shapes, tasks, configs[0].eval_samples, configs[0].gamma_mc_samples,
-                                         devices=devices)
+    return evaluation.compile_evaluation(param_shapes, shift.evaluation_tasks(tasks, configs), configs[0].eval_samples,
+                                         configs[0].gamma_mc_samples, devices=devices)
 
   def evaluate(self, params, tasks, configs, keys, compiled=None):
-    return evaluation.evaluate_group(params, tasks, keys, configs[0].eval_samples, configs[0].gamma_mc_samples,
-                                     devices=jax.local_devices()[:1], programs=compiled)
+    """compare() and the baselines on each run's test task (fresh tasks from the prior), and a pool's metrics."""
+    rows = evaluation.evaluate_group(params, shift.evaluation_tasks(tasks, configs), keys, configs[0].eval_samples,
+                                     configs[0].gamma_mc_samples, devices=jax.local_devices()[:1], programs=compiled)
+    if tasks.pool is None:
+      return [{**row, **pool.empty_metrics()} for row in rows]
+    run = lambda tree, r: jax.tree.map(lambda x: np.asarray(x)[r], tree)
+    return [{**row, **pool.pool_metrics(run(params, r), shift.test_task(run(tasks, r), config), keys[r],
+                                        config.eval_samples, config.get("pool_bayes_samples", 4096))}
+            for r, (row, config) in enumerate(zip(rows, configs))]
 
   def summary_header(self, task, config):
     return {"cov_x": task.cov_x, "cov_w": task.cov_w, "sampler": sampler_used(task, config)}
@@ -313,7 +337,8 @@ class LSARegression(experiment.Experiment):
     plots.plot_sweep(rows, directory)
 
   def group_name(self, config, varying):
-    return f"n{config.n}-{config.response}" + ("" if config.num_layers == 1 else f"-L{config.num_layers}")
+    pooled = f"-M{config.num_tasks}" if config.get("num_tasks", 0) else ""
+    return f"n{config.n}-{config.response}" + ("" if config.num_layers == 1 else f"-L{config.num_layers}") + pooled
 
 
 EXPERIMENT = LSARegression()

@@ -28,7 +28,7 @@ import numpy as np
 
 from icl_theory.engine import sharding
 from icl_theory.engine import draws
-from icl_theory.regression.task import RegressionTask
+from icl_theory.regression.task import RegressionTask, draw_task_vectors
 
 # A chi^2(k) with k <= _SUM_MAX_DOF is a sum of exponentials (rejection-free, ceil(k/2) random
 # words); a larger k is one Marsaglia-Tsang proposal (a normal, a uniform, a log and a cube,
@@ -167,7 +167,10 @@ def sample_statistics(key: jax.Array, task: RegressionTask, batch: int) -> Conte
     raise ValueError(f"response={task.response!r}: the Wishart sampler needs jointly Gaussian (x, y); "
                      "use sample_prompts")
   k_w, k_factor = jax.random.split(key)
-  w_dxB = jnp.linalg.cholesky(task.cov_w) @ draws.normal(k_w, (task.d, batch))
+  if task.pool is not None:  # a finite pool of tasks: w is one of them, uniformly
+    w_dxB = draw_task_vectors(k_w, task, batch).T
+  else:
+    w_dxB = jnp.linalg.cholesky(task.cov_w) @ draws.normal(k_w, (task.d, batch))
   entries_ExB = wishart_entries(k_factor, task.d + 1, task.n, batch)
   return sharding.shard_batch(ContextStatistics(entries_ExB=entries_ExB, w_dxB=w_dxB), axis=-1)
 

@@ -23,7 +23,7 @@ import numpy as np
 from icl_theory.engine import sharding
 from icl_theory.engine import draws
 from icl_theory.regression.covariance import CovSpec, resolve_covariance
-from icl_theory.engine.validation import check_choice, check_float, check_int
+from icl_theory.engine.validation import ConfigError, check_choice, check_float, check_int
 
 _PHI: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda z: z,
@@ -63,6 +63,9 @@ class RegressionTask:
   noise_std: float = 0.0
   response: str = "linear"
   mlp_width: int = 16
+  # A finite pool of task vectors (M, d), or None: then every prompt's w is one of them, uniformly, and cov_w
+  # stays the prior the pool was drawn from (the closed forms read cov_w: `pool.moment_task` gives the pool's).
+  pool: np.ndarray | None = None
 
   def __post_init__(self):
     d = check_int("d", self.d, 1)
@@ -79,6 +82,14 @@ class RegressionTask:
     set_("cov_x", cov_x.astype(np.float32))
     set_("cov_w", cov_w.astype(np.float32))
     set_("noise_std", np.float32(noise))
+    if self.pool is not None:
+      pool = np.asarray(self.pool, np.float32)
+      if pool.ndim != 2 or pool.shape[0] < 1 or pool.shape[1] != d or not np.all(np.isfinite(pool)):
+        raise ConfigError(f"pool of shape {pool.shape} is not allowed: a finite (M, d) = (M, {d}) array, M >= 1")
+      if self.response != "linear":
+        raise ConfigError(f"response={self.response!r} is not allowed with a task pool: 'linear' (a pool holds "
+                          "task vectors w)")
+      set_("pool", pool)
 
   @property
   def is_gaussian(self) -> bool:
@@ -86,13 +97,13 @@ class RegressionTask:
     return self.response in GAUSSIAN_RESPONSES
 
   def tree_flatten(self):
-    return (self.cov_x, self.cov_w, self.noise_std), (self.d, self.n, self.response, self.mlp_width)
+    return (self.cov_x, self.cov_w, self.noise_std, self.pool), (self.d, self.n, self.response, self.mlp_width)
 
   @classmethod
   def tree_unflatten(cls, static, leaves):
     # Leaves may be tracers or batched arrays here: skip validation on purpose.
     task = object.__new__(cls)
-    for name, value in zip(("cov_x", "cov_w", "noise_std", "d", "n", "response", "mlp_width"),
+    for name, value in zip(("cov_x", "cov_w", "noise_std", "pool", "d", "n", "response", "mlp_width"),
                            (*leaves, *static)):
       object.__setattr__(task, name, value)
     return task
@@ -104,7 +115,16 @@ class ResponseDraw(NamedTuple):
   a: jax.Array | None = None
 
 
+def draw_task_vectors(key: jax.Array, task: RegressionTask, batch: int) -> jax.Array:
+  """`batch` task vectors (B, d): from the prior N(0, cov_w), or uniformly from the task's pool."""
+  if task.pool is not None:
+    return jnp.asarray(task.pool)[jax.random.randint(key, (batch,), 0, task.pool.shape[0])]
+  return draws.normal(key, (batch, task.d)) @ jnp.linalg.cholesky(task.cov_w).T
+
+
 def _draw_responses(key: jax.Array, task: RegressionTask, batch: int) -> ResponseDraw:
+  if task.pool is not None:
+    return ResponseDraw(draw_task_vectors(key, task, batch))
   chol_w_DxD = jnp.linalg.cholesky(task.cov_w)
   if task.response == "mlp":
     k_w, k_a = jax.random.split(key)
