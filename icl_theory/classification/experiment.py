@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from icl_theory.configs import classify as classify_config
 from icl_theory.engine import precision, trainer
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.group import eval_key as _engine_eval_key
@@ -410,6 +411,9 @@ class Classification(Experiment):
   metrics = tuple(f"{prefix}_{figure}" for prefix in PREFIXES.values() for figure in FIGURES) + (
                       "alpha_test_effective", "final_train_loss", "steps", "status")
   cpu_data_parallel = True  # measured on 2 cores: a single run's steps gain ~18% from a CPU device per core
+
+  def defaults(self) -> dict[str, Any]:
+    return classify_config.get_config().to_dict()
 
   def validate(self, config: ml_collections.ConfigDict) -> ClassificationTask:
     return validate_config(config)

@@ -49,6 +49,10 @@ class Experiment:
   cpu_data_parallel: bool = False
 
   # --- config -> task -------------------------------------------------------------------------------
+  def defaults(self) -> dict[str, Any]:
+    """A run config's default fields: a workdir written before a field existed holds it at this value."""
+    return {}
+
   def validate(self, config: Config) -> Task:
     """Checks every field of a run config (ConfigError naming the field) and returns its task."""
     raise NotImplementedError

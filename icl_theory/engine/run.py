@@ -57,7 +57,7 @@ def train(experiment: Experiment, config: ml_collections.ConfigDict, workdir: st
   task = experiment.validate(config)
   with workdirs.lock(workdir):
     workdirs.claim(workdir, config.to_dict(), _ENGINE_OUTPUTS + (experiment.run_figure,), free_fields(experiment),
-                   overwrite)
+                   overwrite, defaults=experiment.defaults())
     group = Group(experiment, [config], data_parallel=config.get("data_parallel", True))
     logging.info("Training %s into %s", experiment.describe(config, task), workdir)
     result = group.fit(workdir, stop_on_divergence=True)

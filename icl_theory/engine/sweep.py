@@ -161,7 +161,10 @@ def _check_workdir(experiment: Experiment, workdir: str, config: ml_collections.
                         if k not in experiment.evaluation_axes and k != "base" and v is not None},
                      "base": {k: v for k, v in c["base"].items() if k not in free}}
   wanted = files.to_builtin(config.to_dict())
-  if not overwrite and os.path.exists(path) and strip(files.read_json(path)) != strip(wanted):
+  held = files.read_json(path) if os.path.exists(path) else None
+  if held is not None:  # base fields added to the code since the sweep was written: at their defaults
+    held = {**held, "base": workdirs.with_defaults(held["base"], experiment.defaults())}
+  if not overwrite and held is not None and strip(held) != strip(wanted):
     raise ConfigError(f"workdir={workdir!r} holds a sweep of a different config: use a new --workdir "
                       "or pass --overwrite")
   if jax.process_index() == 0:

@@ -85,18 +85,25 @@ def lock(workdir: str, name: str = LOCK_FILE) -> Iterator[None]:
     os.close(fd)
 
 
+def with_defaults(held: dict, defaults: dict) -> dict:
+  """A config written earlier, with the fields added to the code since then at their defaults."""
+  return {**files.to_builtin(defaults), **held}
+
+
 def claim(workdir: str, wanted: dict, outputs: Sequence[str], free_fields: Sequence[str], overwrite: bool,
-          filename: str = "config.json") -> None:
+          filename: str = "config.json", defaults: dict | None = None) -> None:
   """Records the config `wanted` in workdir/`filename`, refusing a workdir that holds another.
 
-  Fields in `free_fields` (bookkeeping, evaluation-only) may differ. With
-  `overwrite` the earlier `outputs` are removed first. Raises ConfigError.
+  Fields in `free_fields` (bookkeeping, evaluation-only) may differ. A field the
+  held config lacks counts as its value in `defaults` (it did not exist when the
+  workdir was written, so the run had its default behaviour). With `overwrite`
+  the earlier `outputs` are removed first. Raises ConfigError.
   """
   path = os.path.join(workdir, filename)
   if overwrite:
     files.remove(workdir, outputs)
   if os.path.exists(path):
-    held = files.read_json(path)
+    held = with_defaults(files.read_json(path), defaults or {})
     differ = sorted(k for k in set(wanted) | set(held)
                     if k not in free_fields and files.to_builtin(wanted.get(k)) != held.get(k))
     if differ:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from icl_theory.configs import lsa as lsa_config
 from icl_theory.engine import experiment, group, sharding, trainer
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
 from icl_theory.regression import evaluation, lsa, lsa_fused, plots, pool, shift, statistics, theory
@@ -277,6 +278,9 @@ class LSARegression(experiment.Experiment):
   # Covariances and noise enter the task's arrays only: runs differing in them share a program.
   array_fields = ("cov_x", "cov_w", "noise_std")
   metrics = METRICS + pool.METRICS
+
+  def defaults(self):
+    return lsa_config.get_config().to_dict()
 
   def validate(self, config):
     return validate_config(config)

@@ -123,3 +123,15 @@ def test_save_and_load_params_round_trip(tmp_path):
   # Rewriting replaces the file whole.
   workdir.save_params(path, {"w": np.zeros(2, np.float32)})
   assert set(workdir.load_params(path)) == {"w"}
+
+
+def test_a_field_added_since_the_workdir_was_written_counts_at_its_default(tmp_path):
+  # config.json from before `new_field` existed: rerun at the default it resumes, at another value it is refused.
+  files.write_json(str(tmp_path / "config.json"), {"steps": 10})
+  defaults = {"steps": 100, "new_field": "none"}
+  workdir.claim(str(tmp_path), {"steps": 10, "new_field": "none"}, (), (), False, defaults=defaults)
+  files.write_json(str(tmp_path / "config.json"), {"steps": 10})
+  with pytest.raises(ConfigError, match="new_field"):
+    workdir.claim(str(tmp_path), {"steps": 10, "new_field": "other"}, (), (), False, defaults=defaults)
+  with pytest.raises(ConfigError, match="new_field"):  # without defaults nothing is assumed
+    workdir.claim(str(tmp_path), {"steps": 10, "new_field": "none"}, (), (), False)
