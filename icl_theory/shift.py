@@ -63,5 +63,10 @@ def main(argv) -> None:
   print(json.dumps(out) if _JSON.value else _table(out))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console script `icl-shift`."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
