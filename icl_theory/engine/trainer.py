@@ -359,7 +359,7 @@ def _host_runs(tree: Any, num_runs: int) -> Any:
 
 def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
               settings: LoopSettings, seeds: Sequence[int], tasks: Any, workdir: str | None = None,
-              reference_loss: float | None = None, stop_on_divergence: bool = False,
+              reference_loss: float | None = None, stop_on_divergence: bool = False, reference_name: str = "R*",
               devices: Sequence[jax.Device] | None = None, data_parallel: bool = False,
               programs: GroupPrograms | None = None) -> FitResult:
   """Trains len(seeds) runs as one vmapped program on `devices` (default: this process's).
@@ -438,7 +438,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
       files.write_jsonl(metrics_path, history)
     alive = run_losses[guard.diverged_at == 0]
     loss = float(alive.mean()) if alive.size else math.nan
-    ref = "" if reference_loss is None else f" (R* {reference_loss:.4f}, {loss / reference_loss - 1:+.1%})"
+    ref = "" if reference_loss is None else f" ({reference_name} {reference_loss:.4f}, {loss / reference_loss - 1:+.1%})"
     runs = "" if num_runs == 1 else f" (mean of {alive.size} runs)"
     eta = (settings.steps - step) / max(steps_per_s, 1e-9)
     logging.info("step %d/%d | loss %.4f%s%s | %.0f steps/s, %.3g prompts/s | ETA %s", step, settings.steps,

@@ -28,15 +28,25 @@ def plot_lsa_run(summary: dict[str, Any], history: Sequence[dict], path: str) ->
   if history:
     steps = [row["step"] for row in history]
     ax.plot(steps, [row["loss"] for row in history], label="training loss (batch mean)")
-  ax.axhline(summary["optimal_risk"], color="k", ls="--", label=f"$R^*$ = {summary['optimal_risk']:.4f}")
-  ax.axhline(summary["one_step_gd_risk"], color="C2", ls=":", label=f"best plain GD = {summary['one_step_gd_risk']:.4f}")
+  if summary.get("multi_step_gd_risk") is None:
+    ax.axhline(summary["optimal_risk"], color="k", ls="--", label=f"$R^*$ = {summary['optimal_risk']:.4f}")
+    ax.axhline(summary["one_step_gd_risk"], color="C2", ls=":",
+               label=f"best plain GD = {summary['one_step_gd_risk']:.4f}")
+  else:  # L layers against L steps of GD (the one-layer R* is no bound for them) and ridge
+    steps = summary["config"]["num_layers"]
+    ax.axhline(summary["multi_step_gd_risk"], color="k", ls="--",
+               label=f"{steps}-step GD, best step = {summary['multi_step_gd_risk']:.4g}")
+    ax.axhline(summary["model_risk_mc"], color="C1", ls="-.", label=f"model (fresh prompts) = {summary['model_risk_mc']:.3g}")
+    if summary["ridge_risk"] > 0:  # noiseless data with n >= d: ridge is exact, and 0 has no place on a log axis
+      ax.axhline(summary["ridge_risk"], color="C2", ls=":", label=f"ridge / Bayes = {summary['ridge_risk']:.4g}")
   ax.set_yscale("log")
   ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
   ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
   ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.set_xlabel("step")
   ax.set_ylabel("squared error")
-  ax.set_title("loss against the optimal risk")
+  ax.set_title("loss against the optimal risk" if summary.get("multi_step_gd_risk") is None
+               else f"loss against {summary['config']['num_layers']}-step GD")
   ax.legend(fontsize=8)
   _save(fig, path)
 
