@@ -50,9 +50,13 @@ NS = (5, 10, 20, 40)
 NOISES = (0.0, 0.5)
 SPARSE_DEPTHS = tuple(range(1, 9))
 FULL_DEPTHS = (1, 2, 3, 4)  # the full parameterisation past four layers: see results/README.md
-# Our guesses, sized for the CPU budget: the default optimiser (SGD, momentum 0.9, lr 0.05, cosine,
-# clip 1) for both parameterisations, 1000 steps of 256 fresh prompts (the sparse L = 4 run of the
-# README's "done" command is at 0.0019 after 1000 steps of 1024, a hundredth of 4-step GD's risk).
+# Our guesses, sized for the CPU budget: the default optimiser (SGD, momentum 0.9, cosine, clip 1) for
+# both parameterisations, 1000 steps of 256 fresh prompts (the sparse L = 4 run of the README's "done"
+# command is at 0.0019 after 1000 steps of 1024, a hundredth of 4-step GD's risk). The default rate 0.05
+# for one layer; 0.01 for more: at n = 5, 0.05 sent sparse L = 3 to risks of 17-1170 (spikes every few
+# steps) and L = 4 to a non-finite loss, while 0.01 trained L = 3 to 0.78 (3-step GD: 1.91) and L = 8,
+# sigma = 0.5, to 1.42 (8-step GD: 1.85) through one spike.
+LEARNING_RATES = {1: 0.05, 2: 0.01}  # from this depth on
 TRAINING = dict(d=D, steps=1000, batch_size=256, warmup_steps=100, log_every=250, checkpoint_every=250,
                 eval_samples=20_000, gamma_mc_samples=100_000)
 MECHANISM_COVS = ("identity", "geometric:10@0")
@@ -62,13 +66,18 @@ MECHANISM_TRAINING = dict(d=D, n=20, noise_std=0.0, parameterization="sparse", s
 MECHANISM_SAMPLES = 20_000
 
 
+def learning_rate(num_layers: int) -> float:
+  return LEARNING_RATES[max(k for k in LEARNING_RATES if k <= num_layers)]
+
+
 def depth_grid(name: str, depths: tuple[int, ...]):
+  """One sweep per learning rate: `depths` all train at `learning_rate(depths[0])`."""
   grid = sweep.get_config()
-  grid.base.update(parameterization=name, **TRAINING)
+  grid.base.update(parameterization=name, learning_rate=learning_rate(depths[0]), **TRAINING)
   if _STEPS.value:
     grid.base.update(steps=_STEPS.value, warmup_steps=min(100, _STEPS.value // 2), log_every=_STEPS.value,
                      checkpoint_every=_STEPS.value)
-  grid.num_layers_values = tuple(L for L in depths if L <= _MAX_DEPTH.value)
+  grid.num_layers_values = depths
   grid.n_values = NS
   grid.cov_x_values, grid.cov_w_values = ("identity",), ("identity",)
   grid.noise_std_values = NOISES
@@ -82,7 +91,7 @@ def _row(row: dict, name: str) -> dict:
   one = steps == 1
   return {
       "parameterization": name, "num_layers": steps, "n": row["n"], "noise_std": row["noise_std"],
-      "seed": row["seed"], "status": row["status"],
+      "seed": row["seed"], "learning_rate": learning_rate(steps), "status": row["status"],
       "model_risk_mc": row["model_risk_mc"], "model_risk_mc_stderr": row["model_risk_mc_stderr"],
       # One step: the exact one-step GD risk (Sigma = I, so preconditioning by Sigma^-1 is the same GD).
       "gd_same_steps_risk": row["one_step_gd_risk"] if one else row["multi_step_gd_risk"],
@@ -151,9 +160,12 @@ def plot(summary: list[dict], path: str) -> None:
 
 def run_sweeps(workdir: str, out: str) -> None:
   table = []
-  for name, depths in (("sparse", SPARSE_DEPTHS), ("full", FULL_DEPTHS)):
-    rows = icl_theory.run_sweep(depth_grid(name, depths), os.path.join(workdir, f"depth_{name}"))
-    table += [_row(row, name) for row in rows]
+  for name, all_depths in (("sparse", SPARSE_DEPTHS), ("full", FULL_DEPTHS)):
+    for rate in sorted(set(map(learning_rate, all_depths)), reverse=True):
+      depths = tuple(L for L in all_depths if learning_rate(L) == rate and L <= _MAX_DEPTH.value)
+      if depths:
+        rows = icl_theory.run_sweep(depth_grid(name, depths), os.path.join(workdir, f"depth_{name}_lr{rate:g}"))
+        table += [_row(row, name) for row in rows]
   summary = summarise(table)
   os.makedirs(out, exist_ok=True)
   files.write_csv(os.path.join(out, "depth.csv"), table, significant=5)
