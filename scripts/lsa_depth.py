@@ -7,12 +7,16 @@ sweep/      L = 1..8 sparse layers and L = 1..FULL_DEPTHS full ones, at d = 5, n
             prompts beside L-step GD at its best step size, L-step GD preconditioned
             by Sigma^-1, and ridge (Bayes). depth.csv (one row per run),
             depth_summary.csv (seeds averaged), depth_vs_gd.png.
-mechanism/  sparse L in {2, 4} at n = 20, sigma = 0, on isotropic and rotated
+mechanism/  sparse and sparse_gd (B = 0: exactly GD) L in {2, 4} at n = 20, sigma = 0, on isotropic and rotated
             ill-conditioned cov_x: each layer's preconditioner Gamma_l = -p_l Q_l^T
             beside its best multiple of Sigma^-1 (Ahn et al.'s theory), B_l beside a
             multiple of I, and the network's predictions beside L steps of GD
             preconditioned by Sigma^-1 with the best per-step scalars.
             mechanism_layers.csv, mechanism_gd.csv.
+masks/      which entries destabilise the full parameterisation: L = 4, n = 20, sigma = 0,
+            the sweep's recipe, with the prediction read out as minus the query's y-entry
+            for every parameterisation (sparse, y_to_x, full), so that only the mask
+            differs. masks.csv.
 
 Every training setting (steps, batch size) is ours, sized so that the study takes
 about 20 minutes on 2 shared CPU cores: the sweeps' vmapped groups train the two
@@ -20,6 +24,7 @@ noise levels and two seeds of one (parameterisation, L, n) as one program. With
 --workdir every part resumes after a kill.
 """
 
+import itertools
 import os
 import tempfile
 
@@ -35,10 +40,10 @@ from icl_theory.configs import sweep
 from icl_theory.engine import files, sharding
 from icl_theory.engine.plotting import plt
 from icl_theory.engine.plotting import save as save_figure
-from icl_theory.regression import depth, multistep
+from icl_theory.regression import depth, multistep, parameterization
 from icl_theory.regression.task import sample_prompts
 
-PARTS = ("sweep", "mechanism")
+PARTS = ("sweep", "mechanism", "masks")
 _PART = flags.DEFINE_list("part", list(PARTS), f"Which parts: a subset of {','.join(PARTS)}.")
 _OUT = flags.DEFINE_string("out", os.path.join("results", "lsa", "depth"), "Folder for the tables and figures.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Keep the runs here (resumable); default: a temporary folder.")
@@ -61,7 +66,8 @@ TRAINING = dict(d=D, steps=1000, batch_size=256, warmup_steps=100, log_every=250
                 eval_samples=20_000, gamma_mc_samples=100_000)
 MECHANISM_COVS = ("identity", "geometric:10@0")
 MECHANISM_DEPTHS = (2, 4)
-MECHANISM_TRAINING = dict(d=D, n=20, noise_std=0.0, parameterization="sparse", steps=2000, batch_size=1024,
+MECHANISM_PARAMETERIZATIONS = ("sparse", "sparse_gd")
+MECHANISM_TRAINING = dict(d=D, n=20, noise_std=0.0, steps=2000, batch_size=1024,
                           log_every=1000, checkpoint_every=1000, eval_samples=20_000, gamma_mc_samples=100_000)
 MECHANISM_SAMPLES = 20_000
 
@@ -174,26 +180,41 @@ def run_sweeps(workdir: str, out: str) -> None:
   logging.info("depth sweep: %d runs written to %s", len(table), out)
 
 
+def run_masks(workdir: str, out: str) -> None:
+  grid = depth_grid("sparse", (4,))
+  grid.base.readout = "minus"
+  grid.n_values, grid.noise_std_values = (20,), (0.0,)
+  grid.parameterization_values = parameterization.PARAMETERIZATIONS
+  rows = icl_theory.run_sweep(grid, os.path.join(workdir, "masks"))
+  table = [{"parameterization": r["parameterization"], "readout": "minus", "trainable_per_layer":
+            parameterization.num_trainable(r["parameterization"], D), **{k: r[k] for k in (
+                "seed", "status", "model_risk_mc", "model_risk_mc_stderr", "multi_step_gd_risk", "final_train_loss")}}
+           for r in rows]
+  os.makedirs(out, exist_ok=True)
+  files.write_csv(os.path.join(out, "masks.csv"), table, significant=5)
+
+
 def run_mechanism(workdir: str, out: str) -> None:
   layers, gaps = [], []
   key = jax.random.PRNGKey(2024)
-  for cov in MECHANISM_COVS:
-    for steps in MECHANISM_DEPTHS:
-      config = lsa_config.get_config()
-      config.update(cov_x=cov, num_layers=steps, **MECHANISM_TRAINING)
-      if _STEPS.value:
-        config.update(steps=_STEPS.value, warmup_steps=min(100, _STEPS.value // 2), log_every=_STEPS.value,
-                      checkpoint_every=_STEPS.value)
-      result = icl_theory.train(config, os.path.join(workdir, "mechanism", f"{cov.replace(':', '_')}-L{steps}"))
-      task = result.task
-      cov_x = np.asarray(task.cov_x, np.float64)
-      for row in depth.layer_preconditioners(result.params, cov_x):
-        layers.append({"cov_x": cov, "num_layers": steps, **row})
-      inverse = jnp.linalg.inv(task.cov_x)
-      lrs = multistep.best_per_step_lrs(task, jax.random.fold_in(key, steps), steps, MECHANISM_SAMPLES, inverse)
-      prompts = sample_prompts(jax.random.fold_in(key, 100 + steps), task, MECHANISM_SAMPLES)
-      gaps.append({"cov_x": cov, "num_layers": steps, "per_step_lrs": " ".join(f"{x:.4g}" for x in lrs),
-                   **depth.prediction_gaps(result.params, prompts, cov_x, lrs)})
+  for name, cov, steps in itertools.product(MECHANISM_PARAMETERIZATIONS, MECHANISM_COVS, MECHANISM_DEPTHS):
+    config = lsa_config.get_config()
+    config.update(parameterization=name, cov_x=cov, num_layers=steps, **MECHANISM_TRAINING)
+    if _STEPS.value:
+      config.update(steps=_STEPS.value, warmup_steps=min(100, _STEPS.value // 2), log_every=_STEPS.value,
+                    checkpoint_every=_STEPS.value)
+    run = f"{cov.replace(':', '_')}-L{steps}" + ("" if name == "sparse" else f"-{name}")
+    result = icl_theory.train(config, os.path.join(workdir, "mechanism", run))
+    task = result.task
+    cov_x = np.asarray(task.cov_x, np.float64)
+    for row in depth.layer_preconditioners(result.params, cov_x):
+      layers.append({"parameterization": name, "cov_x": cov, "num_layers": steps, **row})
+    inverse = jnp.linalg.inv(task.cov_x)
+    lrs = multistep.best_per_step_lrs(task, jax.random.fold_in(key, steps), steps, MECHANISM_SAMPLES, inverse)
+    prompts = sample_prompts(jax.random.fold_in(key, 100 + steps), task, MECHANISM_SAMPLES)
+    gaps.append({"parameterization": name, "cov_x": cov, "num_layers": steps,
+                 "per_step_lrs": " ".join(f"{x:.4g}" for x in lrs),
+                 **depth.prediction_gaps(result.params, prompts, cov_x, lrs)})
   os.makedirs(out, exist_ok=True)
   files.write_csv(os.path.join(out, "mechanism_layers.csv"), layers, significant=5)
   files.write_csv(os.path.join(out, "mechanism_gd.csv"), gaps, significant=5)
@@ -213,6 +234,8 @@ def main(argv) -> None:
       run_sweeps(workdir, _OUT.value)
     if "mechanism" in _PART.value:
       run_mechanism(workdir, _OUT.value)
+    if "masks" in _PART.value:
+      run_masks(workdir, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_scale = 0.02       # std of the N(0, .) initialisation of W_PV and W_KQ ...
   config.vanishing_init_scale = 0.0  # ... but of p_x and q21 (README: rank-one saddles); all entries train
   config.freeze_vanishing_parts = False  # ablation: hold p_x and q21 at 0
-  config.parameterization = "full"  # full | sparse (Ahn et al.: x-x blocks and p_y only) | y_to_x (sparse + y's paths)
+  config.parameterization = "full"  # full | sparse (Ahn et al.: x-x blocks, p_y) | sparse_gd (B = 0) | y_to_x
   config.readout = "auto"        # plus | minus the query's y-entry; auto: minus for sparse, y_to_x (Ahn et al.), else plus
 
   # Optimisation.

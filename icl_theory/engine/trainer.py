@@ -118,7 +118,8 @@ class _Guard:
         if self.over[r] >= DIVERGENCE_PATIENCE:
           self.diverged_at[r] = step - DIVERGENCE_PATIENCE + 1
           newly.append((r, f"loss over {limit[r]:.3g} ({DIVERGENCE_FACTOR:g} times its start) for "
-                           f"{DIVERGENCE_PATIENCE} steps, peak {self.spike_peak[r]:.3g}, at step {self.diverged_at[r]}"))
+                           f"{DIVERGENCE_PATIENCE} steps, peak {self.spike_peak[r]:.3g}, "
+                           f"at step {self.diverged_at[r]}"))
           break
       else:
         if last_chunk and self.over[r] > 0:  # still over the limit when training ends: it did not recover

@@ -69,7 +69,8 @@ def layer_preconditioners(params: Any, cov_x: np.ndarray) -> list[dict[str, Any]
     b_scale, b_residual = _best_multiple(b, np.eye(d))
     rows.append({"layer": l + 1, "gamma_over_inverse_cov": scale, "gamma_residual_from_inverse_cov": residual,
                  "gamma_residual_from_identity": _best_multiple(gamma, np.eye(d))[1],
-                 "b_norm": float(np.linalg.norm(b)), "b_over_identity": b_scale, "b_residual_from_identity": b_residual})
+                 "b_norm": float(np.linalg.norm(b)), "b_over_identity": b_scale,
+                 "b_residual_from_identity": b_residual})
   return rows
 
 

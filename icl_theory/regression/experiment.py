@@ -287,7 +287,8 @@ def _multi_step_lines(summary: dict[str, Any]) -> list[str]:
   return [f"  {steps}-step GD (eta={summary['multi_step_gd_lr']:.4f})  {summary['multi_step_gd_risk']:.4g} "
           f"+- {summary['multi_step_gd_risk_stderr']:.2g}",
           f"  {steps}-step GD, P = cov_x^-1 (eta={summary['multi_step_preconditioned_gd_lr']:.4f})  "
-          f"{summary['multi_step_preconditioned_gd_risk']:.4g} +- {summary['multi_step_preconditioned_gd_risk_stderr']:.2g}"]
+          f"{summary['multi_step_preconditioned_gd_risk']:.4g} "
+          f"+- {summary['multi_step_preconditioned_gd_risk_stderr']:.2g}"]
 
 
 METRICS = ("gamma_rel_error", "gamma_cosine", "learned_risk", "model_risk_mc", "model_risk_mc_stderr",

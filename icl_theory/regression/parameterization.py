@@ -8,6 +8,9 @@ z = (x, y) in R^(d+1). In blocks, rows and columns split as (x: d, y: 1):
              are x_i^T Q x_j, and a token's x and y are updated from the x's and the y's
              alone (Ahn, Cheng, Daneshmand, Sra 2023, with their fixed p = 1 made trainable).
              One layer with B = 0 is x_q^T p Q^T g, the same GD family as the full layer.
+    sparse_gd  sparse with B = 0: only Q and p train, so the layers are exactly L steps of
+             GD preconditioned by Gamma_l = -p_l Q_l^T (`depth`), the setting of Ahn et
+             al.'s theorem that trained layers precondition with multiples of Sigma^-1.
     y_to_x   sparse plus the 2d + 1 entries per layer through which a token's y enters the
              attention scores and the x-values (W_KQ[:d, d], W_KQ[d, d], W_PV[:d, d]):
              the entries issue 18 found enough to make deep full LSAs diverge.
@@ -24,7 +27,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-PARAMETERIZATIONS = ("full", "sparse", "y_to_x")
+PARAMETERIZATIONS = ("full", "sparse", "y_to_x", "sparse_gd")
 
 
 def masks(name: str, d: int) -> dict[str, np.ndarray]:
@@ -36,7 +39,7 @@ def masks(name: str, d: int) -> dict[str, np.ndarray]:
     raise ValueError(f"parameterization={name!r} is not allowed: one of {', '.join(PARAMETERIZATIONS)}")
   w_pv = np.zeros((dim, dim), np.float32)
   w_kq = np.zeros((dim, dim), np.float32)
-  w_pv[:d, :d] = 1.0  # B: the x-values from the x's
+  w_pv[:d, :d] = 0.0 if name == "sparse_gd" else 1.0  # B: the x-values from the x's
   w_pv[d, d] = 1.0    # p: the y-values from the y's
   w_kq[:d, :d] = 1.0  # Q: scores from the x's
   if name == "y_to_x":

@@ -36,7 +36,8 @@ def plot_lsa_run(summary: dict[str, Any], history: Sequence[dict], path: str) ->
     steps = summary["config"]["num_layers"]
     ax.axhline(summary["multi_step_gd_risk"], color="k", ls="--",
                label=f"{steps}-step GD, best step = {summary['multi_step_gd_risk']:.4g}")
-    ax.axhline(summary["model_risk_mc"], color="C1", ls="-.", label=f"model (fresh prompts) = {summary['model_risk_mc']:.3g}")
+    ax.axhline(summary["model_risk_mc"], color="C1", ls="-.",
+               label=f"model (fresh prompts) = {summary['model_risk_mc']:.3g}")
     if summary["ridge_risk"] > 0:  # noiseless data with n >= d: ridge is exact, and 0 has no place on a log axis
       ax.axhline(summary["ridge_risk"], color="C2", ls=":", label=f"ridge / Bayes = {summary['ridge_risk']:.4g}")
   ax.set_yscale("log")

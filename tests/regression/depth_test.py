@@ -26,8 +26,8 @@ def _sparse_params(num_layers, d, key, with_b=False):
 def test_sparse_layers_without_b_are_gd_with_their_own_preconditioners(num_layers):
   params, task = _sparse_params(num_layers, 3, jax.random.PRNGKey(num_layers))
   prompts = sample_prompts(jax.random.PRNGKey(9), task, 256)
-  np.testing.assert_allclose(lsa.predict(params, prompts),
-                             depth.gd_with_preconditioners(prompts, depth.preconditioners(params)), rtol=2e-4, atol=2e-5)
+  gd = depth.gd_with_preconditioners(prompts, depth.preconditioners(params))
+  np.testing.assert_allclose(lsa.predict(params, prompts), gd, rtol=2e-4, atol=2e-5)
 
 
 def test_one_layer_preconditioner_is_the_effective_gamma():
@@ -60,6 +60,9 @@ def test_trained_sparse_two_layers_beat_two_steps_of_gd(tmp_path):
                 checkpoint_every=0, eval_samples=20_000, gamma_mc_samples=100_000)
   summary = icl_theory.train(config, str(tmp_path), verbose=False).summary
   assert summary["excess_risk"] is None and summary["effective_gamma"] is None
+  assert summary["multi_step_gd_lr"] > 0 and summary["multi_step_preconditioned_gd_risk"] > 0
+  assert summary["risk_over_multi_step_gd"] == pytest.approx(summary["model_risk_mc"] / summary["multi_step_gd_risk"])
+  assert (tmp_path / "lsa.png").exists()
   gd, model = summary["multi_step_gd_risk"], summary["model_risk_mc"]
   # Ahn et al.: two trained layers are at least as good as two GD steps at their best step size.
   assert model + 4 * summary["model_risk_mc_stderr"] < gd - 4 * summary["multi_step_gd_risk_stderr"]

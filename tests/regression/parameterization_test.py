@@ -26,6 +26,7 @@ def test_sparse_masks_keep_the_x_x_blocks_and_p_y():
   # y_to_x adds the 2d + 1 entries through which y enters the scores and the x-values.
   assert parameterization.num_trainable("y_to_x", 3) - parameterization.num_trainable("sparse", 3) == 2 * 3 + 1
   assert parameterization.num_trainable("full", 3) == 2 * 16
+  assert parameterization.num_trainable("sparse_gd", 3) == 3 * 3 + 1  # Q and p_y
 
 
 # The einsum path (the fused one-layer path is held to it, gradient included, below).
@@ -59,7 +60,8 @@ def test_the_full_parameterisation_is_the_default_and_unmasked():
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(parameterization="dense"), r"parameterization='dense' is not allowed.*'full', 'sparse', 'y_to_x'"),
+    (dict(parameterization="dense"),
+     r"parameterization='dense' is not allowed.*'full', 'sparse', 'y_to_x', 'sparse_gd'"),
     (dict(parameterization="sparse", freeze_vanishing_parts=True),
      r"freeze_vanishing_parts=True is not allowed with parameterization='sparse'"),
     (dict(parameterization="y_to_x", vanishing_init_scale=0.01),
