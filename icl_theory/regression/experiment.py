@@ -240,8 +240,8 @@ def format_summary(summary: dict[str, Any]) -> str:
   def num(v, fmt=".4f"):
     return "-" if v is None else format(v, fmt)
 
-  def small(v):  # a deep LSA's risk can be 1e-4: four decimals would print 0.0001
-    return format(v, ".4f") if abs(v) >= 0.01 or v == 0 else format(v, ".3e")
+  # A deep LSA's risk can be 1e-4, which four decimals would print as 0.0001.
+  risk_format = ".4f" if summary["model_risk_mc"] >= 0.01 else ".3e"
 
   lines = []
   eff, opt = summary.get("effective_gamma"), np.asarray(summary["optimal_gamma"])
@@ -255,7 +255,8 @@ def format_summary(summary: dict[str, Any]) -> str:
               f"{'risk R(Gamma)':28s}{num(summary['learned_risk']):>12s}{num(summary['optimal_risk']):>12s}",
               ""]
   lines += [f"gamma_rel_error     {num(summary['gamma_rel_error'])}    gamma_cosine {num(summary['gamma_cosine'], '.5f')}",
-            f"model_risk_mc       {small(summary['model_risk_mc'])} +- {small(summary['model_risk_mc_stderr'])}"
+            f"model_risk_mc       {summary['model_risk_mc']:{risk_format}} "
+            f"+- {summary['model_risk_mc_stderr']:{risk_format}}"
             f"    (optimal_risk {summary['optimal_risk']:.4f})",
             f"prediction_gap_mse  {summary['prediction_gap_mse']:.2e}"]
   if summary.get("p_x_rel") is not None:

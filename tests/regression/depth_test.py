@@ -1,7 +1,6 @@
 """Deep LSAs: sparse layers with B = 0 are preconditioned GD exactly; trained ones beat L-step GD."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,7 +1,6 @@
 """The LSA's parameterisations: masked entries stay exactly 0 and get no gradient; bad combinations are refused."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
