@@ -15,37 +15,28 @@ nonlinear/       still plain GD: for y = relu, tanh, cube, abs of w^T x and a ra
                  off-diagonal mass, and the layer's risk beside the best linear
                  (preconditioned-GD) predictor, one-step GD at eta_f, ridge and OLS;
                  and cube once more with p_x and q21 held at 0 (an ablation).
-depth/           beyond the paper: L = 1..4 LSA layers over n, the risk beside k-step
-                 GD at its best step size (k = 1..4) and ridge/Bayes, and the
-                 mechanism: how far each network's predictions are from L steps of
-                 GD, and how much of them a polynomial in the context's covariance
-                 applied to g (GD with free step sizes) explains.
+(depth/, L-layer LSAs against L steps of GD, is scripts/lsa_depth.py's.)
 
-Each claim is one sweep (icl_theory.run_sweep), or two (nonlinear: full and sparse;
-depth: one per learning rate, with a num_layers axis): with --workdir it resumes after a kill; without, it trains in a temporary
+Each claim is one sweep (icl_theory.run_sweep), or two (nonlinear: full and sparse):
+with --workdir it resumes after a kill; without, it trains in a temporary
 folder and copies only the tables and figures. Each takes a few minutes on 2 CPU
-cores, depth about 11 (most of it training three and four layers).
+cores.
 """
 
 import os
 import shutil
 import tempfile
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
 import icl_theory
 from icl_theory import cli
-from icl_theory.regression import baselines
 from icl_theory.engine import files, sharding
 from icl_theory.regression import plots
 from icl_theory.configs import sweep
-from icl_theory.regression import lsa
-from icl_theory.regression.task import Prompts, sample_prompts
 
-CLAIMS = ("isotropic", "preconditioned", "nonlinear", "depth")
+CLAIMS = ("isotropic", "preconditioned", "nonlinear")
 _CLAIM = flags.DEFINE_list("claim", list(CLAIMS), f"Which claims: a subset of {','.join(CLAIMS)}.")
 _OUT = flags.DEFINE_string("out", os.path.join("results", "lsa"), "Folder for the result folders.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Keep the sweeps here (resumable); default: a temporary folder.")
@@ -202,125 +193,7 @@ def nonlinear_table(rows: list[dict]) -> list[dict]:
   return table
 
 
-DEPTHS = (1, 2, 3, 4)
-DEPTH_NS = (5, 10, 20, 40)
-DEPTH_NOISE = 0.5
-GD_SAMPLES = 100_000     # prompts for each step-size search of k-step GD, and fresh ones for its risk
-MECHANISM_SAMPLES = 20_000
-# Deeper LSAs are products of more weights, and their output is a polynomial of degree ~3^L in the
-# prompt, whose loss is very heavy-tailed at short contexts. At one layer's learning rate (0.05)
-# three layers diverged within 200 steps; at 0.01 three layers still did at n = 5, and four layers
-# spiked past the divergence guard at n <= 10 for every rate tried (0.01 to 0.001, and Adam at
-# 3e-4). So SGD with momentum, clipped, at 0.01 for L <= 2 and 0.005 beyond, 4000 steps; runs the
-# guard marks as diverged are reported as such.
-DEPTH_TRAINING = dict(optimizer="sgd", clip_norm=1.0, steps=4000, batch_size=1024, log_every=1000,
-                      checkpoint_every=4000)
-
-
-# The depths trained at each learning rate: one sweep (a num_layers axis) per rate.
-DEPTH_LEARNING_RATES = {0.01: (1, 2), 0.005: (3, 4)}
-
-
-def depth_grid(learning_rate: float, depths: tuple[int, ...]):
-  grid = sweep.get_config()
-  # DEPTH_TRAINING above: why a smaller learning rate and more steps than one layer needs.
-  grid.base.update(d=D, eval_samples=20_000, learning_rate=learning_rate, **DEPTH_TRAINING)
-  grid.num_layers_values = depths
-  grid.n_values = DEPTH_NS
-  grid.cov_x_values, grid.cov_w_values = ("identity",), ("identity",)
-  grid.noise_std_values = (DEPTH_NOISE,)
-  grid.num_seeds = 2
-  return grid
-
-
-def krylov_features(prompts: Prompts, degree: int) -> np.ndarray:
-  """x_query^T Sigma_hat^j g for j = 0..degree, (B, degree + 1): GD with any step sizes predicts in their span."""
-  sigma_hat, g = (np.asarray(a, np.float64) for a in baselines.gd_statistics(prompts))
-  xq = np.asarray(prompts.x_query, np.float64)
-  features = []
-  for _ in range(degree + 1):
-    features.append(np.einsum("bd,bd->b", xq, g))
-    g = np.einsum("bde,be->bd", sigma_hat, g)
-  return np.stack(features, axis=1)
-
-
-def _unexplained(pred: np.ndarray, features: np.ndarray) -> float:
-  """The fraction of E[pred^2] left by the least-squares fit of pred on the features."""
-  coef, *_ = np.linalg.lstsq(features, pred, rcond=None)
-  return float(np.mean((pred - features @ coef) ** 2) / np.mean(pred**2))
-
-
-def depth_gd_table(key: jax.Array) -> list[dict]:
-  """k-step GD at its best constant step size, for each n and k: the step size and its risk on fresh prompts."""
-  table = []
-  for n in DEPTH_NS:
-    task = icl_theory.RegressionTask(d=D, n=n, noise_std=DEPTH_NOISE)
-    for k in DEPTHS:
-      search = baselines.best_multi_step_gd_lr(task, jax.random.fold_in(key, n), k, GD_SAMPLES)
-      # Fresh prompts (one key for every k and n: the k's are compared on paired prompts).
-      risk = baselines.multi_step_gd_risks(jax.random.fold_in(key, 1), task, jnp.array([search.lr]), k, GD_SAMPLES,
-                                           jnp.eye(D))
-      table.append({"n": n, "steps": k, "best_lr": search.lr, "risk": float(risk.value[0]),
-                    "risk_stderr": float(risk.stderr[0])})
-  return table
-
-
-def depth_table(rows: list[dict], params: list[dict], gd_table: list[dict], key: jax.Array) -> list[dict]:
-  """Per trained network: its risk beside L-step GD's, and how close its predictions are to GD's."""
-  gd = {(r["n"], r["steps"]): r for r in gd_table}
-  table = []
-  for row, p in zip(rows, params):
-    num_layers, n = row["num_layers"], row["n"]
-    reference = gd[(n, num_layers)]
-    if row["status"] != "finished":  # the sweep has no risks for it, and its weights may be non-finite
-      table.append({"num_layers": num_layers, "n": n, "seed": row["seed"], "status": row["status"],
-                    "gd_same_steps_risk": reference["risk"], "gd_same_steps_lr": reference["best_lr"],
-                    "one_layer_optimal_risk": row["optimal_risk"], "ridge_risk": row["ridge_risk"]})
-      continue
-    task = icl_theory.RegressionTask(d=D, n=n, noise_std=DEPTH_NOISE)
-    prompts = sample_prompts(jax.random.fold_in(key, n), task, MECHANISM_SAMPLES)
-    pred = np.asarray(lsa.predict(p, prompts), np.float64)
-    gd_pred = np.asarray(baselines.multi_step_gd(prompts, reference["best_lr"], num_layers), np.float64)
-    features = krylov_features(prompts, 2 * num_layers - 2)
-    table.append({
-        "num_layers": num_layers, "n": n, "seed": row["seed"],
-        "model_risk_mc": row["model_risk_mc"], "model_risk_mc_stderr": row["model_risk_mc_stderr"],
-        "gd_same_steps_risk": reference["risk"], "gd_same_steps_risk_stderr": reference["risk_stderr"],
-        "gd_same_steps_lr": reference["best_lr"],
-        "risk_over_gd_same_steps": row["model_risk_mc"] / reference["risk"],
-        "one_layer_optimal_risk": row["optimal_risk"],
-        "ridge_risk": row["ridge_risk"], "ridge_risk_stderr": row["ridge_risk_stderr"],
-        "prediction_gap_to_gd": float(np.mean((pred - gd_pred) ** 2) / np.mean(gd_pred**2)),
-        "unexplained_by_any_step_sizes": _unexplained(pred, features[:, :num_layers]),
-        "unexplained_by_degree_2L_2": _unexplained(pred, features),
-        "final_train_loss": row["final_train_loss"], "status": row["status"],
-    })
-  columns = list(next(r for r in table if r["status"] == "finished"))
-  return [{k: r.get(k) for k in columns} for r in table]
-
-
-def run_depth(workdir: str, out: str) -> None:
-  rows, params = [], []
-  for learning_rate, depths in DEPTH_LEARNING_RATES.items():
-    sweep_dir = os.path.join(workdir, "depth", f"lr{learning_rate:g}")
-    for index, row in enumerate(icl_theory.run_sweep(depth_grid(learning_rate, depths), sweep_dir)):
-      rows.append(row)
-      params.append(icl_theory.load_run(sweep_dir, index).params)
-  key = jax.random.PRNGKey(2024)
-  gd_table = depth_gd_table(jax.random.fold_in(key, 0))
-  table = depth_table(rows, params, gd_table, jax.random.fold_in(key, 1))
-  target = os.path.join(out, "depth")
-  os.makedirs(target, exist_ok=True)
-  files.write_csv(os.path.join(target, "depth.csv"), table, significant=7)
-  files.write_csv(os.path.join(target, "multi_step_gd.csv"), gd_table, significant=7)
-  plots.plot_depth_claim(table, gd_table, target)
-  logging.info("depth: %d runs written to %s", len(rows), target)
-
-
 def run_claim(name: str, workdir: str, out: str) -> None:
-  if name == "depth":
-    run_depth(workdir, out)
-    return
   grid = {"isotropic": isotropic_grid, "preconditioned": preconditioned_grid, "nonlinear": nonlinear_grid}[name]()
   rows = icl_theory.run_sweep(grid, os.path.join(workdir, name))
   target = os.path.join(out, name)

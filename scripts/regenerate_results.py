@@ -4,7 +4,7 @@ r"""Regenerates every folder of results/ with one command, and records how long 
 
 Runs, one after another, each script that writes results/ (as its own process,
 as a user would): core_results.py (lsa/default_run, lsa/sweep_small),
-lsa_paper.py (lsa/isotropic, preconditioned, nonlinear, depth), classify_paper.py
+lsa_paper.py (lsa/isotropic, preconditioned, nonlinear), lsa_depth.py (lsa/depth), classify_paper.py
 (classify/prompt_length, mechanism, pruning, classical), classify_ood.py
 (classify/ood), diversity.py (diversity), shift.py (shift) and benchmark.py
 (benchmark.json; run it on an idle machine). Each script's wall time is written to results/regenerate_times.json as soon as it
@@ -29,6 +29,7 @@ from icl_theory import cli
 SCRIPTS = {
     "core": ("core_results.py", False),
     "lsa_paper": ("lsa_paper.py", True),
+    "lsa_depth": ("lsa_depth.py", True),
     "classify_paper": ("classify_paper.py", True),
     "classify_ood": ("classify_ood.py", True),
     "diversity": ("diversity.py", True),

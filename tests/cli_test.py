@@ -30,6 +30,9 @@ BAD_INPUTS = [
     ([os.path.join(REPO, "scripts", "lsa_paper.py")], ["--claim=everything"], "claim='everything' is not allowed"),
     ([os.path.join(REPO, "scripts", "classify_paper.py")], ["--wrong_flag=1"], "Unknown command line flag 'wrong_flag'"),
     ([os.path.join(REPO, "scripts", "benchmark.py")], ["extra"], "arguments='extra' are not allowed"),
+    (["-m", "icl_theory.main"], ["--config.parameterization=sparse", "--config.freeze_vanishing_parts=True"],
+     "freeze_vanishing_parts=True is not allowed with parameterization='sparse'"),
+    ([os.path.join(REPO, "scripts", "lsa_depth.py")], ["--part=everything"], "part='everything' is not allowed"),
 ]
 FAST = {0, 10}  # two of them in the fast subset; the whole table in the full suite
 

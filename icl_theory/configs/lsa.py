@@ -28,7 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_layers = 1          # LSA layers; the theorems are about one
   config.init_scale = 0.02       # std of the N(0, .) initialisation of W_PV and W_KQ ...
   config.vanishing_init_scale = 0.0  # ... but of p_x and q21 (README: rank-one saddles); all entries train
-  config.freeze_vanishing_parts = False  # ablation: hold p_x and q21 at 0 (the sparse parameterisation)
+  config.freeze_vanishing_parts = False  # ablation: hold p_x and q21 at 0
+  config.parameterization = "full"  # full | sparse (Ahn et al.: x-x blocks, p_y) | sparse_gd (B = 0) | y_to_x
+  config.readout = "auto"        # plus | minus the query's y-entry; auto: minus for sparse, y_to_x (Ahn et al.), else plus
 
   # Optimisation.
   config.optimizer = "sgd"       # sgd (momentum 0.9) | adam; README: why not adam by default

@@ -78,6 +78,11 @@ class Experiment:
     """A loss to print beside the training loss of a single run (e.g. the optimal risk), or None."""
     return None
 
+  def reference(self, task: Task, config: Config) -> tuple[str, float] | None:
+    """(name, loss) printed beside a single run's training loss; by default ('R*', `reference_loss`)."""
+    loss = self.reference_loss(task)
+    return None if loss is None else ("R*", loss)
+
   # --- params -> metrics ------------------------------------------------------------------------------
   def compile_evaluation(self, param_shapes: Params, tasks: Task, configs: Sequence[Config],
                          devices: Sequence[jax.Device]) -> Any:

@@ -110,11 +110,13 @@ class Group:
 
   def fit(self, workdir: str | None, stop_on_divergence: bool = False) -> trainer.FitResult:
     """Trains the runs (resuming from `workdir`'s checkpoint); leaves have a leading run axis."""
-    reference = self.experiment.reference_loss(self.first_task) if len(self.configs) == 1 else None
+    reference = self.experiment.reference(self.first_task, self.configs[0]) if len(self.configs) == 1 else None
+    name, loss = reference if reference is not None else ("", None)
     programs = self.training.result() if self.training is not None else self._compile_training()
     fit_group = precision.scoped(trainer.fit_group)  # a resumed run may compile a chunk length here
     return fit_group(self.objective, self.optimizer, self.lr_schedule, self.settings, self.seeds, self.tasks, workdir,
-                     reference_loss=reference, stop_on_divergence=stop_on_divergence, devices=self.devices,
+                     reference_loss=loss, reference_name=name,
+                     stop_on_divergence=stop_on_divergence, devices=self.devices,
                      data_parallel=self.data_parallel, programs=programs)
 
   def evaluate(self, params: Any, eval_points: Sequence[dict[str, Any]] = ({},)) -> list[list[dict[str, Any]]]:

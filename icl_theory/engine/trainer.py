@@ -62,6 +62,84 @@ class TrainingDiverged(RuntimeError):
 # A loss this many times its value at step 1 has exploded: with Adam at a huge learning
 # rate the LSA's loss grows like params^4 and can stay finite in float32 for thousands of steps.
 DIVERGENCE_FACTOR = 1e4
+# ... but only when it stays there this many consecutive steps (or to the end of training): deep
+# linear attention trained well spikes past the factor and recovers within tens of steps (issue 18
+# measured one spike at 2.5e4 times the start, back to 7e-4 forty steps later). A non-finite loss
+# never recovers, so it stops a run at once.
+DIVERGENCE_PATIENCE = 200
+# A loss above this many times its start is logged as a spike (with its peak and how long it lasted).
+SPIKE_FACTOR = 100.0
+
+
+class _Guard:
+  """Per run: a sustained rise or a non-finite loss is divergence; excursions that recover are spikes.
+
+  Its state (the start loss, the current run of steps over the limit, the step a
+  run diverged at) is checkpointed, so a resumed run is judged as if never stopped.
+  """
+
+  def __init__(self, num_runs: int):
+    self.start = np.full(num_runs, np.nan, np.float32)  # |loss at step 1| floored at 1; nan until seen
+    self.over = np.zeros(num_runs, np.int64)             # consecutive steps over the limit, up to now
+    self.diverged_at = np.zeros(num_runs, np.int64)      # the first step of the bad stretch (0: never)
+    self.spike_since = np.zeros(num_runs, np.int64)      # the step the current spike began (0: none)
+    self.spike_peak = np.zeros(num_runs, np.float64)
+    self.spikes: list[dict] = []
+
+  def state(self) -> dict[str, np.ndarray]:
+    return {"diverged_at": self.diverged_at, "loss_limit": DIVERGENCE_FACTOR * self.start,
+            "over_limit_steps": self.over}
+
+  def restore(self, saved: dict[str, np.ndarray]) -> None:
+    self.diverged_at = np.asarray(saved["diverged_at"]).copy()
+    self.start = np.asarray(saved["loss_limit"], np.float32) / DIVERGENCE_FACTOR
+    if "over_limit_steps" in saved:
+      self.over = np.asarray(saved["over_limit_steps"]).copy()
+
+  def check(self, chunk_start: int, losses_RxK: np.ndarray, last_chunk: bool) -> list[tuple[int, str]]:
+    """Reads one chunk's losses; returns (run, message) for each run that diverged in it."""
+    if chunk_start == 0:
+      self.start[:] = np.maximum(np.abs(losses_RxK[:, 0]), 1.0)  # nan stays nan: diverged
+    limit = DIVERGENCE_FACTOR * self.start
+    spike_limit = SPIKE_FACTOR * self.start
+    newly = []
+    for r in np.flatnonzero(self.diverged_at == 0):
+      losses = losses_RxK[r]
+      if np.all(losses <= spike_limit[r]) and self.over[r] == 0 and self.spike_since[r] == 0:
+        continue  # the common case: nothing to look at
+      for i, loss in enumerate(losses):
+        step = chunk_start + i + 1
+        if not np.isfinite(loss):
+          self.diverged_at[r] = step
+          newly.append((r, f"non-finite loss at step {step}"))
+          break
+        self._track_spike(r, step, float(loss), spike_limit[r])
+        self.over[r] = self.over[r] + 1 if loss > limit[r] else 0
+        if self.over[r] >= DIVERGENCE_PATIENCE:
+          self.diverged_at[r] = step - DIVERGENCE_PATIENCE + 1
+          newly.append((r, f"loss over {limit[r]:.3g} ({DIVERGENCE_FACTOR:g} times its start) for "
+                           f"{DIVERGENCE_PATIENCE} steps, peak {self.spike_peak[r]:.3g}, "
+                           f"at step {self.diverged_at[r]}"))
+          break
+      else:
+        if last_chunk and self.over[r] > 0:  # still over the limit when training ends: it did not recover
+          self.diverged_at[r] = chunk_start + losses.size - self.over[r] + 1
+          newly.append((r, f"loss over {limit[r]:.3g} ({DIVERGENCE_FACTOR:g} times its start) to the last step, "
+                           f"peak {self.spike_peak[r]:.3g}, at step {self.diverged_at[r]}"))
+    return newly
+
+  def _track_spike(self, r: int, step: int, loss: float, spike_limit: float) -> None:
+    if loss > spike_limit:
+      if self.spike_since[r] == 0:
+        self.spike_since[r], self.spike_peak[r] = step, loss
+      self.spike_peak[r] = max(self.spike_peak[r], loss)
+    elif self.spike_since[r]:
+      spike = {"run": int(r), "step": int(self.spike_since[r]), "steps": step - int(self.spike_since[r]),
+               "peak": float(self.spike_peak[r]), "peak_over_start": float(self.spike_peak[r] / self.start[r])}
+      self.spikes.append(spike)
+      logging.warning("run %d: loss spiked to %.3g (%.3g times its start) at step %d and recovered after %d steps",
+                      r, spike["peak"], spike["peak_over_start"], spike["step"], spike["steps"])
+      self.spike_since[r], self.spike_peak[r] = 0, 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +165,7 @@ class FitResult:
   steps_this_process: int
   resumed_from: int
   diverged_at: np.ndarray | None = None  # fit_group: per run, the first bad step (0: never)
+  spikes: list[dict] = dataclasses.field(default_factory=list)  # excursions over SPIKE_FACTOR that recovered
 
   def run_figures(self, batch_size: int) -> dict[str, Any]:
     """summary.json's training figures of a single run (`fit`): final loss, steps, resume point, timings, speed."""
@@ -281,7 +360,7 @@ def _host_runs(tree: Any, num_runs: int) -> Any:
 
 def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
               settings: LoopSettings, seeds: Sequence[int], tasks: Any, workdir: str | None = None,
-              reference_loss: float | None = None, stop_on_divergence: bool = False,
+              reference_loss: float | None = None, stop_on_divergence: bool = False, reference_name: str = "R*",
               devices: Sequence[jax.Device] | None = None, data_parallel: bool = False,
               programs: GroupPrograms | None = None) -> FitResult:
   """Trains len(seeds) runs as one vmapped program on `devices` (default: this process's).
@@ -293,10 +372,12 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   devices and placement; compiled here when not given.
 
   `tasks` is a pytree whose leaves have a leading axis of len(seeds). Resumes from
-  the latest checkpoint in `workdir`. A run whose loss turns non-finite or above
-  DIVERGENCE_FACTOR * max(|its loss at step 1|, 1) is marked in `diverged_at` and
-  the others go on, unless `stop_on_divergence`, which raises `TrainingDiverged`
-  before the diverged state could be checkpointed.
+  the latest checkpoint in `workdir`. A run whose loss turns non-finite, or stays
+  above DIVERGENCE_FACTOR * max(|its loss at step 1|, 1) for DIVERGENCE_PATIENCE
+  steps (or to the end), is marked in `diverged_at` and the others go on, unless
+  `stop_on_divergence`, which raises `TrainingDiverged` before the diverged state
+  could be checkpointed. A spike past SPIKE_FACTOR times the start that recovers is
+  logged and listed in `spikes`.
   """
   num_runs = len(seeds)
   if programs is None:
@@ -306,8 +387,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   init_keys, rngs, tasks = placement.place((keys[:, 0], keys[:, 1], tasks))
   states = programs.init(init_keys)
   # Set from the first chunk's step-1 losses (and checkpointed): no program of its own to compile.
-  loss_limit = np.full(num_runs, np.nan, np.float32)
-  diverged_at = np.zeros(num_runs, np.int64)
+  guard = _Guard(num_runs)
   history: list[dict] = []
   manager = None
   if workdir and settings.checkpoint_every > 0:
@@ -316,12 +396,14 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   resumed_from = 0
   if manager is not None and manager.latest_step() is not None:
     resumed_from = manager.latest_step()
-    target = {**_host_runs({"state": states, "rng": rngs}, num_runs), "diverged_at": diverged_at,
-              "loss_limit": loss_limit}
-    restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
+    target = {**_host_runs({"state": states, "rng": rngs}, num_runs), **guard.state()}
+    try:
+      restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
+    except (KeyError, ValueError):  # a checkpoint from before the guard counted steps over the limit
+      target.pop("over_limit_steps")
+      restored = manager.restore(resumed_from, args=ocp.args.StandardRestore(target))
     states, rngs = placement.place((restored["state"], restored["rng"]))
-    diverged_at = np.asarray(restored["diverged_at"])
-    loss_limit = np.asarray(restored["loss_limit"])
+    guard.restore(restored)
     history = [row for row in files.read_jsonl(metrics_path) if row["step"] <= resumed_from]
     logging.info("Resumed from the checkpoint at step %d in %s", resumed_from, workdir)
 
@@ -337,14 +419,8 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
   def drain(chunk_start: int, losses: jax.Array) -> None:
     nonlocal last_log_time, last_log_step
     losses = np.asarray(losses)[:num_runs]  # the host sync, one chunk late
-    if chunk_start == 0:
-      loss_limit[:] = DIVERGENCE_FACTOR * np.maximum(np.abs(losses[:, 0]), 1.0)  # nan stays nan: diverged
-    bad = ~(losses <= loss_limit[:, None])  # also catches nan
-    for r in np.flatnonzero(bad.any(axis=1) & (diverged_at == 0)):
-      i = int(np.argmax(bad[r]))
-      diverged_at[r] = chunk_start + i + 1
-      what = "non-finite loss" if not np.isfinite(losses[r, i]) else f"loss {losses[r, i]:.3g} (over {loss_limit[r]:.3g})"
-      message = (f"{what} at step {diverged_at[r]}: training diverged; the learning rate is the "
+    for r, what in guard.check(chunk_start, losses, chunk_start + losses.shape[1] == settings.steps):
+      message = (f"{what}: training diverged; the learning rate is the "
                  f"likely cause (try a smaller --config.learning_rate)")
       if stop_on_divergence:
         kept = manager is not None and manager.latest_step() is not None
@@ -354,16 +430,16 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     now = time.perf_counter()
     steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
     last_log_time, last_log_step = now, step
-    run_losses = np.where(diverged_at == 0, losses.mean(axis=1), np.nan)
+    run_losses = np.where(guard.diverged_at == 0, losses.mean(axis=1), np.nan)
     # One run's loss is a number, a group's a list over its runs.
     row = {"step": step, "loss": run_losses.tolist() if num_runs > 1 else float(run_losses[0]), "learning_rate": float(lr_schedule(step - 1)),
            "steps_per_second": steps_per_s, "elapsed_seconds": now - t_start}
     history.append(row)
     if metrics_path:
       files.write_jsonl(metrics_path, history)
-    alive = run_losses[diverged_at == 0]
+    alive = run_losses[guard.diverged_at == 0]
     loss = float(alive.mean()) if alive.size else math.nan
-    ref = "" if reference_loss is None else f" (R* {reference_loss:.4f}, {loss / reference_loss - 1:+.1%})"
+    ref = "" if reference_loss is None else f" ({reference_name} {reference_loss:.4f}, {loss / reference_loss - 1:+.1%})"
     runs = "" if num_runs == 1 else f" (mean of {alive.size} runs)"
     eta = (settings.steps - step) / max(steps_per_s, 1e-9)
     logging.info("step %d/%d | loss %.4f%s%s | %.0f steps/s, %.3g prompts/s | ETA %s", step, settings.steps,
@@ -379,7 +455,7 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
       drain(*pending)  # read the losses first: a diverged run is marked before it is saved
       pending = None
       saved = _host_runs({"state": states, "rng": rngs}, num_runs)
-      manager.save(end, args=ocp.args.StandardSave({**saved, "diverged_at": diverged_at, "loss_limit": loss_limit}))
+      manager.save(end, args=ocp.args.StandardSave({**saved, **guard.state()}))
     chunk_start = end
   if pending is not None:
     drain(*pending)
@@ -389,7 +465,8 @@ def fit_group(objective: Objective, optimizer: optax.GradientTransformation, lr_
     manager.close()
   states = jax.tree.map(lambda x: x[:num_runs], states)
   return FitResult(state=states, history=history, compile_seconds=programs.compile_seconds, train_seconds=train_seconds,
-                   steps_this_process=settings.steps - start, resumed_from=resumed_from, diverged_at=diverged_at)
+                   steps_this_process=settings.steps - start, resumed_from=resumed_from, diverged_at=guard.diverged_at,
+                   spikes=guard.spikes)
 
 
 def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
@@ -401,8 +478,9 @@ def fit(objective: Objective, optimizer: optax.GradientTransformation, lr_schedu
   devices (one device: nothing changes); without, the run stays on the first.
 
   `reference_loss` (e.g. the optimal risk R*) is printed beside the loss.
-  Raises `TrainingDiverged` at the first loss that is non-finite or above
-  DIVERGENCE_FACTOR * max(|loss at step 1|, 1), after keeping the last good checkpoint.
+  Raises `TrainingDiverged` at the first non-finite loss, or once the loss has
+  stayed above DIVERGENCE_FACTOR * max(|loss at step 1|, 1) for DIVERGENCE_PATIENCE
+  steps, after keeping the last checkpoint saved before that.
   """
   tasks = jax.tree.map(lambda x: np.asarray(x)[None], task)
   result = fit_group(objective, optimizer, lr_schedule, settings, [seed], tasks, workdir, reference_loss,

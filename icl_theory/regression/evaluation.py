@@ -18,7 +18,7 @@ import numpy as np
 from icl_theory.engine import precision
 from icl_theory.regression import baselines, theory
 from icl_theory.engine import sharding
-from icl_theory.regression import lsa
+from icl_theory.regression import lsa, multistep
 from icl_theory.regression.task import Prompts, RegressionTask
 
 DEFAULT_EVAL_SAMPLES = 100_000
@@ -76,18 +76,25 @@ def _compare_arrays(params, task: RegressionTask, gamma_star: jax.Array, key: ja
       out["learned_risk"], out["learned_risk_stderr"] = theory.gamma_risk_mc(gamma, task, k_risk, num_samples)
     out["excess_risk"] = out["learned_risk"] - out["optimal_risk"]
     out.update(lsa.vanishing_parts(params))
-  else:
-    out["excess_risk"] = out["model_risk_mc"] - out["optimal_risk"]
+  # A deeper LSA is held to L-step GD (`multistep`), not to the one-layer R*: its risk falls
+  # below R*, and an "excess risk" over R* would be negative. It has no excess_risk.
   return out
 
 
 _ONE_LAYER_ONLY = ("effective_gamma", "gamma_rel_error", "gamma_cosine", "learned_risk", "learned_risk_stderr",
-                   "p_x_norm", "q21_norm", "p_x_rel", "q21_rel")
+                   "p_x_norm", "q21_norm", "p_x_rel", "q21_rel", "excess_risk")
+# L > 1: L-step GD from w = 0 at its best constant step size, plain and preconditioned with cov_x^-1.
+_DEEP_ONLY = ("multi_step_gd_lr", "multi_step_gd_risk", "multi_step_gd_risk_stderr",
+              "multi_step_preconditioned_gd_lr", "multi_step_preconditioned_gd_risk",
+              "multi_step_preconditioned_gd_risk_stderr", "risk_over_multi_step_gd")
 
 
 def _to_python(out: dict[str, jax.Array]) -> dict[str, Any]:
   py = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in out.items()}
-  return {**{k: None for k in _ONE_LAYER_ONLY}, **py}
+  py = {**{k: None for k in _ONE_LAYER_ONLY + _DEEP_ONLY}, **py}
+  if py["multi_step_gd_risk"] is not None and "model_risk_mc" in py:
+    py["risk_over_multi_step_gd"] = py["model_risk_mc"] / py["multi_step_gd_risk"]
+  return py
 
 
 @precision.scoped
@@ -191,12 +198,25 @@ def baseline_risks(task: RegressionTask, key: jax.Array | None = None, num_sampl
 TASK_KEY_SEED = 20_231
 
 
+def multi_step_reference(task: RegressionTask, num_layers: int, num_samples: int) -> dict[str, jax.Array]:
+  """summary.json's L-step GD fields (`_DEEP_ONLY`) for an L-layer LSA; none for one layer."""
+  if num_layers == 1:
+    return {}
+  key = jax.random.fold_in(jax.random.PRNGKey(TASK_KEY_SEED), num_layers)
+  out = {}
+  for name, precond in (("multi_step_gd", None), ("multi_step_preconditioned_gd", jnp.linalg.inv(task.cov_x))):
+    found = multistep.search(task, key, num_layers, num_samples, precond)
+    out[f"{name}_lr"], out[f"{name}_risk"], out[f"{name}_risk_stderr"] = found
+  return out
+
+
 def _task_reference(task: RegressionTask, num_samples: int, gamma_mc_samples: int,
-                    determined: bool = False) -> dict[str, jax.Array]:
+                    num_layers: int = 1, determined: bool = False) -> dict[str, jax.Array]:
   key = jax.random.PRNGKey(TASK_KEY_SEED)
   gamma_star = _reference_gamma(task, jax.random.split(key, 3)[1], gamma_mc_samples)
   return {"optimal_gamma": gamma_star,
-          **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples, determined)}
+          **_baseline_arrays(task, gamma_star, key, num_samples, gamma_mc_samples, determined),
+          **multi_step_reference(task, num_layers, num_samples)}
 
 
 def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.ndarray]:
@@ -262,8 +282,9 @@ def compile_evaluation(param_shapes: Any, tasks: RegressionTask, num_samples: in
   tasks = jax.device_get(tasks)
   num_runs = jax.tree.leaves(tasks)[0].shape[0]
   distinct, index = _distinct(tasks, num_runs)
+  num_layers = lsa.num_layers(param_shapes)
   determined = determined_by_context(distinct)
-  reference = _compile_per_run(lambda t: _task_reference(t, num_samples, gamma_mc_samples, determined),
+  reference = _compile_per_run(lambda t: _task_reference(t, num_samples, gamma_mc_samples, num_layers, determined),
                                (distinct,), devices)
   gamma_shapes = jax.ShapeDtypeStruct((num_runs, tasks.d, tasks.d), jnp.float32)
   if key_shapes is None:

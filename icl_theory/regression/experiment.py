@@ -21,7 +21,8 @@ import numpy as np
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.engine import experiment, group, sharding, trainer
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
-from icl_theory.regression import evaluation, lsa, lsa_fused, plots, pool, shift, statistics, theory
+from icl_theory.regression import (evaluation, lsa, lsa_fused, multistep, parameterization, plots, pool, shift,
+                                   statistics, theory)
 from icl_theory.regression.statistics import sample_statistics
 from icl_theory.regression.task import (SYMMETRIC_RESPONSES, Contexts, RegressionTask, mirror, sample_contexts,
                                         sample_prompts)
@@ -30,6 +31,7 @@ from icl_theory.regression.task import (SYMMETRIC_RESPONSES, Contexts, Regressio
 BOOKKEEPING_FIELDS = experiment.Experiment.bookkeeping_fields
 SAMPLERS = ("auto", "tokens", "wishart", "integrated_query")
 PRECONDITIONERS = ("none", "curvature")
+READOUTS = ("auto", "plus", "minus")
 
 
 def build_task(config: ml_collections.ConfigDict) -> RegressionTask:
@@ -48,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   check_int("num_layers", config.num_layers, 1)
   check_float("init_scale", config.init_scale, minimum=0.0, strict=True)
   check_float("vanishing_init_scale", config.vanishing_init_scale, minimum=0.0)
+  validate_parameterization(config)
   if check_bool("freeze_vanishing_parts", config.freeze_vanishing_parts) and config.vanishing_init_scale != 0:
     raise ConfigError(f"vanishing_init_scale={config.vanishing_init_scale!r} is not allowed with "
                       "freeze_vanishing_parts=True: 0, so that the frozen p_x and q21 are 0")
@@ -78,6 +81,26 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
   return task
 
 
+def validate_parameterization(config: ml_collections.ConfigDict) -> str:
+  """`parameterization` (`icl_theory.regression.parameterization`), and the fields it rules out."""
+  name = check_choice("parameterization", config.get("parameterization", "full"), parameterization.PARAMETERIZATIONS)
+  if name != "full":
+    if config.freeze_vanishing_parts:
+      raise ConfigError(f"freeze_vanishing_parts=True is not allowed with parameterization={name!r}: it already "
+                        "holds p_x and q21 at 0; use freeze_vanishing_parts=False")
+    if config.vanishing_init_scale != 0:
+      raise ConfigError(f"vanishing_init_scale={config.vanishing_init_scale!r} is not allowed with "
+                        f"parameterization={name!r}: 0, since p_x and q21 are held at 0")
+  check_choice("readout", config.get("readout", "auto"), READOUTS)
+  return name
+
+
+def negates_readout(config: ml_collections.ConfigDict) -> bool:
+  """`readout`: 'auto' reads minus the query's y-entry in the sparse parameterisations (Ahn et al.), + in 'full'."""
+  readout = config.get("readout", "auto")
+  return readout == "minus" or (readout == "auto" and config.get("parameterization", "full") != "full")
+
+
 def sampler_used(task: RegressionTask, config: ml_collections.ConfigDict) -> str:
   """What a run's sampler setting means for its task: 'wishart', 'integrated_query' or 'tokens'."""
   if uses_wishart(task, config.sampler):
@@ -100,7 +123,8 @@ def freeze_vanishing(params: Any) -> Any:
   """
   def mask(w_DxD):
     return w_DxD * jnp.ones_like(w_DxD).at[-1, :-1].set(0.0)
-  return {name: {k: mask(w) for k, w in layer.items()} for name, layer in params.items()}
+  return {name: {k: mask(w) for k, w in layer.items()} if name.startswith("layer_") else layer
+          for name, layer in params.items()}
 
 
 def _inverse_power(matrix_dxd: jax.Array, power: float) -> jax.Array:
@@ -128,7 +152,7 @@ def curvature_preconditioner(power: float) -> Callable[[Any, RegressionTask], An
       w_kq = grads_of_layer["W_KQ"]
       return {**grads_of_layer, "W_KQ": w_kq.at[:task.d, :task.d].set(left @ w_kq[:task.d, :task.d] @ right)}
 
-    return {name: layer(value) for name, value in grads.items()}
+    return {name: layer(value) if name.startswith("layer_") else value for name, value in grads.items()}
 
   return precondition
 
@@ -171,7 +195,7 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   the fused program compiles slower than it runs faster).
   """
   model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
-                  vanishing_init_scale=config.vanishing_init_scale)
+                  vanishing_init_scale=config.vanishing_init_scale, negate_readout=negates_readout(config))
   batch_size = config.batch_size
   antithetic = config.get("antithetic", False)
   shapes = jax.eval_shape(lambda key: sample_prompts(key, task, 1), jax.random.PRNGKey(0))
@@ -203,6 +227,11 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   if config.freeze_vanishing_parts:
     full_loss = loss
     loss = lambda params, key, task: full_loss(freeze_vanishing(params), key, task)
+  name = config.get("parameterization", "full")
+  if name != "full":  # masked entries start at 0 and get no gradient: they stay exactly 0
+    unmasked_init, unmasked_loss = init, loss
+    init = lambda key: parameterization.apply(unmasked_init(key), name)
+    loss = lambda params, key, task: unmasked_loss(parameterization.apply(params, name), key, task)
   precondition = None
   if config.get("preconditioner", "none") == "curvature":
     precondition = curvature_preconditioner(config.get("preconditioner_power", 0.5))
@@ -219,6 +248,9 @@ def format_summary(summary: dict[str, Any]) -> str:
   def num(v, fmt=".4f"):
     return "-" if v is None else format(v, fmt)
 
+  # A deep LSA's risk can be 1e-4, which four decimals would print as 0.0001.
+  risk_format = ".4f" if summary["model_risk_mc"] >= 0.01 else ".3e"
+
   lines = []
   eff, opt = summary.get("effective_gamma"), np.asarray(summary["optimal_gamma"])
   if eff is not None:
@@ -231,7 +263,8 @@ def format_summary(summary: dict[str, Any]) -> str:
               f"{'risk R(Gamma)':28s}{num(summary['learned_risk']):>12s}{num(summary['optimal_risk']):>12s}",
               ""]
   lines += [f"gamma_rel_error     {num(summary['gamma_rel_error'])}    gamma_cosine {num(summary['gamma_cosine'], '.5f')}",
-            f"model_risk_mc       {summary['model_risk_mc']:.4f} +- {summary['model_risk_mc_stderr']:.4f}"
+            f"model_risk_mc       {summary['model_risk_mc']:{risk_format}} "
+            f"+- {summary['model_risk_mc_stderr']:{risk_format}}"
             f"    (optimal_risk {summary['optimal_risk']:.4f})",
             f"prediction_gap_mse  {summary['prediction_gap_mse']:.2e}"]
   if summary.get("p_x_rel") is not None:
@@ -246,9 +279,13 @@ def format_summary(summary: dict[str, Any]) -> str:
               f"  on the pool's tasks: network {summary['model_risk_mc_pool']:.4f}, dMMSE "
               f"{summary['pool_bayes_risk_pool']:.4f}, ridge {summary['ridge_risk_pool']:.4f}; "
               f"dMMSE on fresh tasks {summary['pool_bayes_risk']:.4f}"]
+  if summary.get("multi_step_gd_risk") is not None:
+    steps = config["num_layers"]
+    lines += [f"risk / {steps}-step GD's {summary['risk_over_multi_step_gd']:.4g}"]
   lines += ["", "baseline risks:",
             f"  one-step GD (eta={summary['one_step_gd_lr']:.4f})  {summary['one_step_gd_risk']:.4f}",
             f"  preconditioned GD (Gamma*) {summary['preconditioned_gd_risk']:.4f}",
+            *_multi_step_lines(summary),
             f"  ridge / Bayes              {summary['ridge_risk']:.4f} +- {summary['ridge_risk_stderr']:.4f}{why}",
             f"  OLS                        {summary['ols_risk']:.4f} +- {summary['ols_risk_stderr']:.4f}{why}",
             "",
@@ -258,10 +295,22 @@ def format_summary(summary: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _multi_step_lines(summary: dict[str, Any]) -> list[str]:
+  if summary.get("multi_step_gd_risk") is None:
+    return []
+  steps = summary["config"]["num_layers"]
+  return [f"  {steps}-step GD (eta={summary['multi_step_gd_lr']:.4f})  {summary['multi_step_gd_risk']:.4g} "
+          f"+- {summary['multi_step_gd_risk_stderr']:.2g}",
+          f"  {steps}-step GD, P = cov_x^-1 (eta={summary['multi_step_preconditioned_gd_lr']:.4f})  "
+          f"{summary['multi_step_preconditioned_gd_risk']:.4g} "
+          f"+- {summary['multi_step_preconditioned_gd_risk_stderr']:.2g}"]
+
+
 METRICS = ("gamma_rel_error", "gamma_cosine", "learned_risk", "model_risk_mc", "model_risk_mc_stderr",
            "optimal_risk", "excess_risk", "prediction_gap_mse", "p_x_norm", "q21_norm",
            "one_step_gd_lr", "one_step_gd_risk", "preconditioned_gd_risk", "ridge_risk", "ridge_risk_stderr",
-           "ols_risk", "ols_risk_stderr", "final_train_loss", "steps", "status")
+           "ols_risk", "ols_risk_stderr", "multi_step_gd_lr", "multi_step_gd_risk", "multi_step_preconditioned_gd_risk",
+           "risk_over_multi_step_gd", "final_train_loss", "steps", "status")
 
 
 class LSARegression(experiment.Experiment):
@@ -272,7 +321,7 @@ class LSARegression(experiment.Experiment):
   evaluation_fields = ("eval_samples", "gamma_mc_samples", "pool_bayes_samples") + shift.TEST_FIELDS
   training_axes = {"n_values": "n", "cov_x_values": "cov_x", "cov_w_values": "cov_w",
                    "noise_std_values": "noise_std", "response_values": "response", "num_layers_values": "num_layers",
-                   "num_tasks_values": "num_tasks"}
+                   "num_tasks_values": "num_tasks", "parameterization_values": "parameterization"}
   # Evaluation-only: every trained run is scored on each test distribution (icl_theory.regression.shift).
   evaluation_axes = {f"{field}_values": field for field in shift.TEST_FIELDS}
   # Covariances and noise enter the task's arrays only: runs differing in them share a program.
@@ -289,7 +338,8 @@ class LSARegression(experiment.Experiment):
     return build_task(config)
 
   def describe(self, config, task):
-    return f"a {config.num_layers}-layer LSA on {config.response} responses (d={task.d}, n={task.n})"
+    return (f"a {config.num_layers}-layer LSA ({config.get('parameterization', 'full')}) on {config.response} "
+            f"responses (d={task.d}, n={task.n})")
 
   def cost(self, config):
     """The columns its sampler draws per prompt, times the layers."""
@@ -304,6 +354,13 @@ class LSARegression(experiment.Experiment):
     if task.pool is not None:  # the training loss's optimum is the pool's
       return float(theory.gamma_risk(pool.pool_optimal_gamma(task), pool.moment_task(task)))
     return float(jax.jit(theory.optimal_risk)(task)) if task.is_gaussian else None
+
+  def reference(self, task, config):
+    """L > 1: L-step GD at its best step size (20k prompts: a progress line's yardstick), not the one-layer R*."""
+    if config.num_layers == 1:
+      return super().reference(task, config)
+    found = jax.jit(multistep.search, static_argnums=(2, 3))(task, jax.random.PRNGKey(0), config.num_layers, 20_000)
+    return f"{config.num_layers}-step GD", float(found.risk)
 
   def compile_evaluation(self, param_shapes, tasks, configs, devices):
     return evaluation.compile_evaluation(param_shapes, shift.evaluation_tasks(tasks, configs), configs[0].eval_samples,
@@ -341,8 +398,10 @@ class LSARegression(experiment.Experiment):
     plots.plot_sweep(rows, directory)
 
   def group_name(self, config, varying):
+    name = config.get("parameterization", "full")
     pooled = f"-M{config.num_tasks}" if config.get("num_tasks", 0) else ""
-    return f"n{config.n}-{config.response}" + ("" if config.num_layers == 1 else f"-L{config.num_layers}") + pooled
+    return (f"n{config.n}-{config.response}" + ("" if config.num_layers == 1 else f"-L{config.num_layers}")
+            + ("" if name == "full" else f"-{name}") + pooled)
 
 
 EXPERIMENT = LSARegression()

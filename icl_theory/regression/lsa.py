@@ -10,6 +10,15 @@ computed as h + h (W_PV S W_KQ)^T with S = (1/n) h^T M h: the same product
 re-associated, O(T D^2) instead of O(T^2 D). The prediction is the last entry of
 the query token after the last layer; for one layer it is p^T S Q z_query with
 p the last row of W_PV and Q = W_KQ.
+
+With `negate_readout` the prediction is minus that entry, as in Ahn, Cheng,
+Daneshmand and Sra (2023): their sparse layers then keep each context y-entry
+the residual y_i - w^T x_i of an iterate w of preconditioned GD, and the query's
+entry -w^T x_query. Read as +entry, L > 1 sparse layers compute
+[prod_l (I + Gamma_l S) - I] S^-1 g instead, which is not GD and trains to a
+higher risk (issue 18). The sign is a parameter ('readout', -1) that gets no
+gradient, so that saved parameters carry it and `predict` reads it; for one
+layer it only flips the sign of p.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ class LSA(nn.Module):
   num_layers: int = 1
   init_scale: float = 0.02
   vanishing_init_scale: float = 0.0
+  negate_readout: bool = False
 
   @nn.compact
   def __call__(self, x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:
@@ -63,7 +73,15 @@ class LSA(nn.Module):
     for i in range(self.num_layers - 1):
       h_BxTxD = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{i}")(h_BxTxD, mask_T, n)
     last = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{self.num_layers - 1}")
-    return last(h_BxTxD, mask_T, n, query_only=True)[:, -1]
+    prediction_B = last(h_BxTxD, mask_T, n, query_only=True)[:, -1]
+    if self.negate_readout:
+      prediction_B = prediction_B * jax.lax.stop_gradient(self.param("readout", lambda key: -jnp.ones(())))
+    return prediction_B
+
+
+def readout_sign(params: Mapping[str, Any]) -> jax.Array:
+  """+1, or the -1 of an LSA built with `negate_readout`."""
+  return jax.lax.stop_gradient(params.get("params", params).get("readout", jnp.ones(())))  # a convention: not trained
 
 
 def prompt_tokens(x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:
@@ -108,7 +126,7 @@ def effective_gamma(params: Mapping[str, Any]) -> jax.Array:
   layer = _layer_params(params)
   p_D = layer["W_PV"][-1]
   q11_dxd = layer["W_KQ"][:-1, :-1]
-  return p_D[-1] * q11_dxd.T
+  return readout_sign(params) * p_D[-1] * q11_dxd.T
 
 
 def vanishing_parts(params: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -150,15 +168,16 @@ def query_readout(params: Mapping[str, Any], factor_DxKxB: jax.Array, n: int) ->
     s_DxDxB = jnp.einsum("ijb,jkb,lkb->ilb", grow_DxDxB, s_DxDxB, grow_DxDxB)
   last = params[f"layer_{num - 1}"]
   p_D = last["W_PV"][-1]
+  sign = readout_sign(params)
   if num == 1:
-    sp_DxB = jnp.einsum("ikb,kb->ib", factor_DxKxB, jnp.einsum("ikb,i->kb", factor_DxKxB, p_D)) / n
+    sp_DxB = jnp.einsum("ikb,kb->ib", factor_DxKxB, jnp.einsum("ikb,i->kb", factor_DxKxB, sign * p_D)) / n
     return last["W_KQ"][:, :d].T @ sp_DxB
   sp_DxB = jnp.einsum("i,ijb->jb", p_D, s_DxDxB)
-  return query_DxdxB[-1] + jnp.einsum("jb,jk,kdb->db", sp_DxB, last["W_KQ"], query_DxdxB)
+  return sign * (query_DxdxB[-1] + jnp.einsum("jb,jk,kdb->db", sp_DxB, last["W_KQ"], query_DxdxB))
 
 
 def predict(params: Mapping[str, Any], prompts) -> jax.Array:
   """The LSA's predictions (B,) for a batch of prompts (anything with x, y, x_query)."""
   params = params.get("params", params)
-  model = LSA(num_layers=num_layers(params))
+  model = LSA(num_layers=num_layers(params), negate_readout="readout" in params)
   return model.apply({"params": params}, prompts.x, prompts.y, prompts.x_query)

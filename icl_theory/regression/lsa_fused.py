@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory.regression import statistics
+from icl_theory.regression import lsa, statistics
 from icl_theory.regression.task import RegressionTask
 
 MAX_D = 12
@@ -105,5 +105,6 @@ def integrated_loss(params: Mapping[str, Any], stats: statistics.ContextStatisti
   """mean over the batch of E_query[(prediction - y_query)^2 | context, w] of a one-layer LSA."""
   layer = params.get("params", params)["layer_0"]
   pattern = statistics.factor_pattern(task.d + 1, task.n)
-  return _loss(pattern, task.n, layer["W_PV"][-1], layer["W_KQ"][:, :task.d], stats.entries_ExB, stats.w_dxB,
+  p_D = lsa.readout_sign(params) * layer["W_PV"][-1]  # one layer: a negated readout is a negated p
+  return _loss(pattern, task.n, p_D, layer["W_KQ"][:, :task.d], stats.entries_ExB, stats.w_dxB,
                jnp.linalg.cholesky(task.cov_x), task.cov_x, task.noise_std)

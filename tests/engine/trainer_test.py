@@ -70,7 +70,7 @@ def test_keeps_only_the_last_checkpoints(tmp_path):
 
 def test_exploding_loss_is_divergence():
   # Adam at lr=1e6: the loss explodes (~1e24) but stays finite in float32 for thousands of steps.
-  with pytest.raises(trainer.TrainingDiverged, match=r"loss .* at step \d+: training diverged.*learning rate"):
+  with pytest.raises(trainer.TrainingDiverged, match=r"loss over .* at step \d+: training diverged.*learning rate"):
     _fit(trainer.LoopSettings(steps=3000, log_every=100, checkpoint_every=0), learning_rate=1e6)
 
 
@@ -147,3 +147,47 @@ def test_programs_compiled_ahead_on_another_thread_train_the_same_runs(tmp_path)
                               programs=programs)
   assert resumed.resumed_from == 25 and sorted(programs.chunks) == [5, 10, 20]
   chex.assert_trees_all_equal(resumed.state, here.state)
+
+
+def _scripted(losses_by_step):
+  """An objective whose loss at step s (1-based) is losses_by_step(s), through a counter t = s."""
+  def loss(params, key, task):
+    del key, task
+    t = params["t"]
+    return losses_by_step(t) + (t - jax.lax.stop_gradient(t))  # gradient 1: sgd(-1) adds 1 to t each step
+
+  return trainer.Objective(init=lambda key: {"t": jnp.ones(())}, loss=loss, batch_size=1)
+
+
+def _run_scripted(losses_by_step, steps, log_every=10):
+  settings = trainer.LoopSettings(steps=steps, log_every=log_every, checkpoint_every=0)
+  return trainer.fit_group(_scripted(losses_by_step), trainer.optax.sgd(-1.0), trainer.optax.constant_schedule(1.0),
+                           settings, [0], np.zeros(1))
+
+
+def test_a_spike_that_recovers_is_logged_and_training_goes_on():
+  # From 1 to 1e6 (1e6 times the start, past DIVERGENCE_FACTOR) for 40 steps from step 51, then back to 1e-3.
+  spike = lambda t: jnp.where(t < 51, 1.0, jnp.where(t < 91, 1e6, 1e-3))
+  result = _run_scripted(spike, steps=300)
+  assert result.diverged_at[0] == 0
+  assert result.history[-1]["loss"] == pytest.approx(1e-3)
+  assert result.spikes == [{"run": 0, "step": 51, "steps": 40, "peak": 1e6, "peak_over_start": 1e6}]
+
+
+def test_a_sustained_rise_is_divergence_from_its_first_step():
+  rise = lambda t: jnp.where(t < 51, 1.0, 1e6)
+  result = _run_scripted(rise, steps=51 + trainer.DIVERGENCE_PATIENCE + 50)
+  assert result.diverged_at[0] == 51
+  with pytest.raises(trainer.TrainingDiverged, match=r"loss over .* for \d+ steps, .* at step 51: training diverged"):
+    trainer.fit(_scripted(rise), trainer.optax.sgd(-1.0), trainer.optax.constant_schedule(1.0),
+                trainer.LoopSettings(steps=400, log_every=10, checkpoint_every=0), seed=0)
+
+
+def test_a_rise_shorter_than_the_patience_but_lasting_to_the_end_is_divergence():
+  result = _run_scripted(lambda t: jnp.where(t < 51, 1.0, 1e6), steps=100)
+  assert result.diverged_at[0] == 51
+
+
+def test_a_non_finite_loss_stops_at_once_even_inside_a_spike():
+  result = _run_scripted(lambda t: jnp.where(t < 51, 1.0, jnp.where(t < 60, 1e6, jnp.nan)), steps=300)
+  assert result.diverged_at[0] == 60
