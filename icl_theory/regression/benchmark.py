@@ -310,7 +310,7 @@ def sweep(workdir: str, rounds: int = SWEEP_ROUNDS, sequential_samples: int = 3)
   one.checkpoint_every = 0
   warm = one.copy_and_resolve_references()
   warm.steps = one.steps // 10
-  trainer_step_seconds(warm, fused=False)  # untimed, as in figure 4: whichever figure runs first
+  trainer_step_seconds(warm)  # untimed, as in figure 4: whichever figure runs first
   # Single-run commands, as a user without the sweep would run them; a few of them, spread over n.
   picks = np.linspace(0, len(runs) - 1, sequential_samples).round().astype(int)
   base = {k: config.base[k] for k in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_samples",
@@ -329,9 +329,10 @@ def sweep(workdir: str, rounds: int = SWEEP_ROUNDS, sequential_samples: int = 3)
 
   measured = alternating(
       [sweep_command,
-       # Steady training of the loss the sweep trains, and of a single command's (fused).
-       lambda: {"single_run_steady_train_seconds": trainer_step_seconds(one, fused=False) * one.steps},
-       lambda: {"single_run_fused_steady_train_seconds": trainer_step_seconds(one) * one.steps},
+       # Steady training of the loss the sweep (and a single command) trains, the fused one; and of the einsum
+       # path it replaced, for the record.
+       lambda: {"single_run_steady_train_seconds": trainer_step_seconds(one) * one.steps},
+       lambda: {"single_run_einsum_steady_train_seconds": trainer_step_seconds(one, fused=False) * one.steps},
        single_commands],
       rounds,
       ratios={"sweep_overhead_ratio": lambda r: r["sweep_seconds"] / (len(runs) * r["single_run_steady_train_seconds"]),

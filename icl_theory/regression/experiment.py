@@ -191,8 +191,7 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   and the query is integrated out exactly (`integrated_loss`). Both losses
   estimate the same population risk, so the same parameters minimise them; the
   Wishart one costs the same for any n and has a smaller variance. `fused`: see
-  `integrated_loss` (a group of several runs passes False: vmapped over runs,
-  the fused program compiles slower than it runs faster).
+  `integrated_loss` (False: the einsum path, the reference the tests hold it to).
   """
   model = lsa.LSA(num_layers=config.num_layers, init_scale=config.init_scale,
                   vanishing_init_scale=config.vanishing_init_scale, negate_readout=negates_readout(config))
@@ -347,8 +346,8 @@ class LSARegression(experiment.Experiment):
     return float(columns * config.num_layers)
 
   def objective(self, task, config, num_runs):
-    # The fused loss pays for one run; vmapped over a group's runs it compiles slower than it runs faster.
-    return make_objective(task, config, fused=num_runs == 1)
+    # The fused loss also vmaps over a group's runs: the default 60-run sweep takes 35 s instead of 39.
+    return make_objective(task, config, fused=True)
 
   def reference_loss(self, task):
     if task.pool is not None:  # the training loss's optimum is the pool's
