@@ -35,6 +35,19 @@ def fail(message: str) -> NoReturn:
   sys.exit(EXIT_BAD_INPUT)
 
 
+def only_flags(argv: Sequence[str]) -> None:
+  """Fails (one line) on positional arguments left after absl parsed the flags."""
+  if len(argv) > 1:
+    fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
+
+
+def check_subset(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
+  """Fails (one line) unless every one of a list flag's `values` is in `allowed`."""
+  unknown = sorted(set(values) - set(allowed))
+  if unknown:
+    fail(f"{name}={','.join(unknown)!r} is not allowed: a subset of {','.join(allowed)}")
+
+
 def config_names() -> list[str]:
   """The configs that can be given by name (`--config=NAME`)."""
   return sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(CONFIGS_DIR, "*.py"))

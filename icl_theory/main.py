@@ -29,8 +29,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an earlier run of an
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
+  cli.only_flags(argv)
   workdir = None
   try:
     experiments.use_cpu_cores(_CONFIG.value)  # before JAX starts: one data-parallel CPU device per core, where faster

@@ -43,8 +43,7 @@ def _table(out: dict) -> str:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
+  cli.only_flags(argv)
   if not _WORKDIR.value:
     cli.fail("workdir=None is not allowed: the trained run's folder, --workdir=RUN")
   try:

@@ -39,8 +39,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed fr
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
+  cli.only_flags(argv)
   workdir = None
   try:
     sharding.use_cpu_cores()  # before JAX starts: one CPU device per core, the runs of a group split over them

@@ -29,7 +29,7 @@ from absl import flags
 import icl_theory
 from icl_theory import cli
 from icl_theory.configs import sweep
-from icl_theory.engine import files
+from icl_theory.engine import files, plotting
 from icl_theory.regression import pool, theory
 from icl_theory.regression.task import RegressionTask
 
@@ -111,9 +111,7 @@ def trained_rows(workdir: str) -> list[dict]:
 
 
 def plot(exact, bayes, trained, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after engine.plotting chose the headless backend
   fig, (ax_fresh, ax_pool) = plt.subplots(1, 2, figsize=(12, 4.5))
   m = np.array([r["num_tasks"] for r in exact])
   mean, sd = np.array([r["fresh_risk_mean"] for r in exact]), np.array([r["fresh_risk_sd"] for r in exact])
@@ -144,8 +142,7 @@ def plot(exact, bayes, trained, path):
   ax_pool.set_ylabel("risk on the pool's own tasks")
   fig.suptitle(f"Task diversity, d={D}, n={N}, sigma^2={NOISE_STD**2:g} (error bars: 2 stderr)")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plotting.save(fig, path)  # atomic: a killed run leaves the previous figure, not half of one
 
 
 def main(argv):

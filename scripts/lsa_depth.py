@@ -222,11 +222,8 @@ def run_mechanism(workdir: str, out: str) -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
-  unknown = sorted(set(_PART.value) - set(PARTS))
-  if unknown:
-    cli.fail(f"part={','.join(unknown)!r} is not allowed: a subset of {','.join(PARTS)}")
+  cli.only_flags(argv)
+  cli.check_subset("part", _PART.value, PARTS)
   sharding.use_cpu_cores()  # one CPU device per core: the runs of each sweep group are split over them
   with tempfile.TemporaryDirectory() as tmp:
     workdir = _WORKDIR.value or tmp

@@ -225,11 +225,8 @@ def run_claim(name: str, workdir: str, out: str) -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
-  unknown = sorted(set(_CLAIM.value) - set(CLAIMS))
-  if unknown:
-    cli.fail(f"claim={','.join(unknown)!r} is not allowed: a subset of {','.join(CLAIMS)}")
+  cli.only_flags(argv)
+  cli.check_subset("claim", _CLAIM.value, CLAIMS)
   sharding.use_cpu_cores()  # one CPU device per core: the runs of each sweep group are split over them
   with tempfile.TemporaryDirectory() as tmp:
     for name in _CLAIM.value:

@@ -42,12 +42,8 @@ _TIMES = os.path.join("results", "regenerate_times.json")
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    cli.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
-  unknown = sorted(set(_ONLY.value) - set(SCRIPTS))
-  if unknown:
-    print(f"error: only={','.join(unknown)!r} is not allowed: a subset of {','.join(SCRIPTS)}", file=sys.stderr)
-    sys.exit(2)
+  cli.only_flags(argv)
+  cli.check_subset("only", _ONLY.value, list(SCRIPTS))
   here = os.path.dirname(os.path.abspath(__file__))
   times = files.read_json(_TIMES) if os.path.exists(_TIMES) else {}
   for name in _ONLY.value:

@@ -23,7 +23,7 @@ from absl import flags
 import icl_theory
 from icl_theory import cli
 from icl_theory.configs import lsa
-from icl_theory.engine import files
+from icl_theory.engine import files, plotting
 from icl_theory.regression import shift
 
 _OUT = flags.DEFINE_string("out", os.path.join("results", "shift"), "Folder for the tables and figure.")
@@ -60,9 +60,7 @@ def _row(out: dict, **coordinates) -> dict:
 
 
 def plot(length_rows, cov_rows, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after engine.plotting chose the headless backend
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
 
   def panel(ax, rows, x, xlabel, log_x):
@@ -89,8 +87,7 @@ def plot(length_rows, cov_rows, path):
   axes[0].legend(fontsize=7)
   fig.suptitle("One LSA layer (d=5, n=10, sigma=0.5, cov_x geometric:4@0) scored on shifted test distributions")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plotting.save(fig, path)  # atomic: a killed run leaves the previous figure, not half of one
 
 
 def main(argv):

@@ -437,8 +437,7 @@ def cli() -> None:
                                       f"(the others: {ROUNDS}); about a minute each on 2 CPU cores.")
 
   def main(argv) -> None:
-    if len(argv) > 1:
-      command_line.fail(f"arguments={' '.join(argv[1:])!r} are not allowed: only --flags (see --helpshort)")
+    command_line.only_flags(argv)
     try:
       report = run(tuple(chosen.value), out.value, sweep_rounds.value)
     except ValueError as error:
