@@ -21,6 +21,7 @@ def _sparse_params(num_layers, d, key, with_b=False):
   return params, task
 
 
+@pytest.mark.slow  # 7-10 s: both depths compile their own programs
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_sparse_layers_without_b_are_gd_with_their_own_preconditioners(num_layers):
   params, task = _sparse_params(num_layers, 3, jax.random.PRNGKey(num_layers))

@@ -170,7 +170,7 @@ def _rel_error(a, b) -> float:
   return float(np.linalg.norm(_f64(a) - _f64(b)) / np.linalg.norm(_f64(b)))
 
 
-@pytest.mark.parametrize("p_y", [0.7, -1.3])
+@pytest.mark.parametrize("p_y", [pytest.param(0.7, marks=pytest.mark.slow), -1.3])  # one sign in the fast subset
 def test_power_one_step_is_the_newton_step(p_y):
   d, task = _NEWTON_D, _newton_task()
   h, sx = _h64(task), _f64(task.cov_x)

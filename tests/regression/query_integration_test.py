@@ -235,7 +235,7 @@ def _gradient_norms(grads: dict) -> dict[str, float]:
 _CANCELLED = 1e-5
 
 
-@pytest.mark.parametrize("batch", [64, 512])
+@pytest.mark.parametrize("batch", [64, pytest.param(512, marks=pytest.mark.slow)])
 def test_antithetic_pairs_cancel_the_vanishing_gradients(batch):
   # Cube's (w^T x)^3 reaches large values: its plain gradients on p_x and q21 are pure noise.
   cov_w = 0.3 * resolve_covariance("geometric:3@2", _D, "cov_w")
