@@ -55,7 +55,6 @@ construction); results/README.md has the measured time.
 
 import functools
 import os
-import sys
 import tempfile
 import time
 from typing import Any
@@ -349,12 +348,9 @@ def what_is_learned(by_alpha: list[dict]) -> list[dict]:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
+  cli.only_flags(argv)
   if _OUT.value and os.path.isfile(_OUT.value):
-    print(f"error: out={_OUT.value!r} is not allowed: a folder, not a file", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"out={_OUT.value!r} is not allowed: a folder, not a file")
   sharding.use_cpu_cores()  # one CPU device per core: a sweep group's runs are split over them
   t_start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
@@ -363,8 +359,7 @@ def main(argv) -> None:
       done = [run_model(name, _SEEDS.value, workdir) for name in MODELS]
     except icl_theory.ConfigError as error:
       hint = " (this script has no --overwrite)" if "--overwrite" in str(error) else ""
-      print(f"error: {error}{hint}", file=sys.stderr)
-      sys.exit(2)
+      cli.fail(f"{error}{hint}")
   rows = [row for model_rows, _, _, _ in done for row in model_rows]
   by_layer = aggregate_layers([row for _, layers, _, _ in done for row in layers])
   by_s1, by_alpha = aggregate(rows, "ood_by_s1"), aggregate(rows, "error_by_alpha")

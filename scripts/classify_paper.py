@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import tempfile
 from typing import Any, Callable
 
@@ -339,14 +338,10 @@ def run_claim(name: str, model: Models, workdir: str, out: str) -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
-  unknown = sorted(set(_CLAIM.value) - set(CLAIMS))
-  if unknown or not _CLAIM.value:
-    print(f"error: claim={','.join(_CLAIM.value)!r} is not allowed: a non-empty subset of {','.join(CLAIMS)}",
-          file=sys.stderr)
-    sys.exit(2)
+  cli.only_flags(argv)
+  if not _CLAIM.value:
+    cli.fail(f"claim='' is not allowed: a non-empty subset of {','.join(CLAIMS)}")
+  cli.check_subset("claim", _CLAIM.value, CLAIMS)
   sharding.use_cpu_cores()  # one CPU device per core: the sweep splits its runs over them
   try:
     with tempfile.TemporaryDirectory() as tmp:
@@ -355,8 +350,7 @@ def main(argv) -> None:
       for name in _CLAIM.value:
         run_claim(name, model, workdir, _OUT.value)
   except ConfigError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(error))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def _copy(names, source: str, target: str) -> None:
 
 
 def main(argv) -> None:
-  del argv
+  cli.only_flags(argv)
   with tempfile.TemporaryDirectory() as tmp:
     run = lsa.get_config()
     result = icl_theory.train(run, os.path.join(tmp, "default_run"))

@@ -146,7 +146,7 @@ def plot(exact, bayes, trained, path):
 
 
 def main(argv):
-  del argv
+  cli.only_flags(argv)
   out = _OUT.value
   os.makedirs(out, exist_ok=True)
   exact = exact_rows()

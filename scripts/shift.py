@@ -91,7 +91,7 @@ def plot(length_rows, cov_rows, path):
 
 
 def main(argv):
-  del argv
+  cli.only_flags(argv)
   out_dir = _OUT.value
   os.makedirs(out_dir, exist_ok=True)
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="shift-")

@@ -74,14 +74,9 @@ class Experiment:
     """A rough relative cost of training one run (a sweep's processes share groups by it)."""
     return 1.0
 
-  def reference_loss(self, task: Task) -> float | None:
-    """A loss to print beside the training loss of a single run (e.g. the optimal risk), or None."""
-    return None
-
   def reference(self, task: Task, config: Config) -> tuple[str, float] | None:
-    """(name, loss) printed beside a single run's training loss; by default ('R*', `reference_loss`)."""
-    loss = self.reference_loss(task)
-    return None if loss is None else ("R*", loss)
+    """(name, loss) printed beside a single run's training loss (e.g. ('R*', the optimal risk)), or None."""
+    return None
 
   # --- params -> metrics ------------------------------------------------------------------------------
   def compile_evaluation(self, param_shapes: Params, tasks: Task, configs: Sequence[Config],

@@ -349,15 +349,13 @@ class LSARegression(experiment.Experiment):
     # The fused loss also vmaps over a group's runs: the default 60-run sweep takes 35 s instead of 39.
     return make_objective(task, config, fused=True)
 
-  def reference_loss(self, task):
-    if task.pool is not None:  # the training loss's optimum is the pool's
-      return float(theory.gamma_risk(pool.pool_optimal_gamma(task), pool.moment_task(task)))
-    return float(jax.jit(theory.optimal_risk)(task)) if task.is_gaussian else None
-
   def reference(self, task, config):
-    """L > 1: L-step GD at its best step size (20k prompts: a progress line's yardstick), not the one-layer R*."""
+    """One layer: R* (of the pool, for a finite pool); L > 1: L-step GD at its best step size (20k prompts: a
+    progress line's yardstick), not the one-layer R*."""
     if config.num_layers == 1:
-      return super().reference(task, config)
+      if task.pool is not None:  # the training loss's optimum is the pool's
+        return "R*", float(theory.gamma_risk(pool.pool_optimal_gamma(task), pool.moment_task(task)))
+      return ("R*", float(jax.jit(theory.optimal_risk)(task))) if task.is_gaussian else None
     found = jax.jit(multistep.search, static_argnums=(2, 3))(task, jax.random.PRNGKey(0), config.num_layers, 20_000)
     return f"{config.num_layers}-step GD", float(found.risk)
 
