@@ -12,6 +12,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  placeholder = ml_collections.config_dict.placeholder  # a typed field whose default is None
   config.experiment = "lsa_regression"  # which experiment icl_theory.train runs
 
   # The task (icl_theory.RegressionTask).
@@ -30,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.vanishing_init_scale = 0.0  # ... but of p_x and q21 (README: rank-one saddles); all entries train
   config.freeze_vanishing_parts = False  # ablation: hold p_x and q21 at 0
   config.parameterization = "full"  # full | sparse (Ahn et al.: x-x blocks, p_y) | sparse_gd (B = 0) | y_to_x
+  config.p_y_init = placeholder(float)  # W_PV's y-y entry p_y at init. None: 1 in the sparse
+                                 # parameterisations (Ahn et al.'s fixed value), an init_scale draw in 'full' 
   config.readout = "auto"        # plus | minus the query's y-entry; auto: minus for sparse, y_to_x (Ahn et al.), else plus
 
   # Optimisation.
@@ -56,7 +59,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.gamma_mc_samples = 1_000_000  # prompts for the Monte Carlo Gamma* and eta_f (nonlinear responses)
   config.pool_bayes_samples = 4096     # prompts for the Bayes predictors' risks of a task pool (num_tasks > 0)
   # Test distribution of every metric (None: as trained; icl_theory.regression.shift), evaluation only.
-  placeholder = ml_collections.config_dict.placeholder
   config.n_test = placeholder(int)              # test prompt length
   config.cov_x_test = placeholder(str)          # test covariate covariance spec, as cov_x
   config.cov_w_test = placeholder(str)          # test task prior, as cov_w ('inverse': cov_x_test^-1)

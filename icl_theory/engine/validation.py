@@ -28,7 +28,7 @@ def check_int(field: str, value: Any, minimum: int) -> int:
 
 def check_float(field: str, value: Any, *, minimum: float = -math.inf, strict: bool = False) -> float:
   """A finite real number >= minimum (> minimum when strict)."""
-  allowed = f"a finite number {'>' if strict else '>='} {minimum:g}"
+  allowed = "a finite number" + (f" {'>' if strict else '>='} {minimum:g}" if math.isfinite(minimum) else "")
   if isinstance(value, (bool, str)):
     raise fail(field, value, allowed)
   try:

@@ -23,6 +23,7 @@ layer it only flips the sign of p.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -30,25 +31,36 @@ import jax
 import jax.numpy as jnp
 
 
-def _init(scale: float, vanishing_scale: float):
-  """N(0, scale^2) entries, except the last row's first d (p_x in W_PV, q21 in W_KQ): N(0, vanishing_scale^2)."""
+def _init(scale: float, vanishing_scale: float, corner: float | None = None):
+  """N(0, scale^2) entries, except the last row's first d (p_x in W_PV, q21 in W_KQ): N(0, vanishing_scale^2).
+
+  `corner`, if given, is the last entry's value (p_y in W_PV) instead of a draw.
+  """
   def init(key, shape, dtype=jnp.float32):
     w = jax.random.normal(key, shape, dtype)
-    return w * jnp.full(shape, scale, dtype).at[-1, :-1].set(vanishing_scale)
+    w = w * jnp.full(shape, scale, dtype).at[-1, :-1].set(vanishing_scale)
+    return w if corner is None else w.at[-1, -1].set(corner)
   return init
 
 
 class LinearSelfAttention(nn.Module):
-  """One LSA layer with a residual connection; keys/values are the masked tokens."""
+  """One LSA layer with a residual connection; keys/values are the masked tokens.
+
+  `p_y_init`: W_PV's last entry p_y (how much of the value's y reaches a token's
+  y) starts at this value instead of a N(0, init_scale^2) draw. Ahn et al. fix
+  it at 1 in their sparse layers; a deep sparse LSA started there trains to a
+  quarter of the risk it reaches from p_y ~ 0 (issue 18).
+  """
   init_scale: float = 0.02
   vanishing_init_scale: float = 0.0
+  p_y_init: float | None = None
 
   @nn.compact
   def __call__(self, h_BxTxD: jax.Array, mask_T: jax.Array, n: int, query_only: bool = False) -> jax.Array:
     """The updated tokens (B, T, D); with `query_only`, the query token's alone (B, D)."""
     dim = h_BxTxD.shape[-1]
     init = _init(self.init_scale, self.vanishing_init_scale)
-    w_pv_DxD = self.param("W_PV", init, (dim, dim))
+    w_pv_DxD = self.param("W_PV", _init(self.init_scale, self.vanishing_init_scale, self.p_y_init), (dim, dim))
     w_kq_DxD = self.param("W_KQ", init, (dim, dim))
     s_BxDxD = jnp.einsum("btd,t,bte->bde", h_BxTxD, mask_T, h_BxTxD) / n
     mix_BxDxD = w_pv_DxD @ s_BxDxD @ w_kq_DxD
@@ -64,15 +76,17 @@ class LSA(nn.Module):
   init_scale: float = 0.02
   vanishing_init_scale: float = 0.0
   negate_readout: bool = False
+  p_y_init: float | None = None  # every layer's (LinearSelfAttention)
 
   @nn.compact
   def __call__(self, x_BxNxD: jax.Array, y_BxN: jax.Array, x_query_BxD: jax.Array) -> jax.Array:
     h_BxTxD = prompt_tokens(x_BxNxD, y_BxN, x_query_BxD)
     n = x_BxNxD.shape[1]
     mask_T = jnp.ones(n + 1, h_BxTxD.dtype).at[n].set(0.0)
+    layer = functools.partial(LinearSelfAttention, self.init_scale, self.vanishing_init_scale, self.p_y_init)
     for i in range(self.num_layers - 1):
-      h_BxTxD = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{i}")(h_BxTxD, mask_T, n)
-    last = LinearSelfAttention(self.init_scale, self.vanishing_init_scale, name=f"layer_{self.num_layers - 1}")
+      h_BxTxD = layer(name=f"layer_{i}")(h_BxTxD, mask_T, n)
+    last = layer(name=f"layer_{self.num_layers - 1}")
     prediction_B = last(h_BxTxD, mask_T, n, query_only=True)[:, -1]
     if self.negate_readout:
       prediction_B = prediction_B * jax.lax.stop_gradient(self.param("readout", lambda key: -jnp.ones(())))

@@ -82,3 +82,27 @@ def test_sparse_one_layer_fused_and_einsum_paths_agree():
   loss_p, grad_p = jax.value_and_grad(plain.loss)(params, key, task)
   np.testing.assert_allclose(loss_f, loss_p, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_f, grad_p)
+
+
+@pytest.mark.parametrize("name, p_y_init, expected", [
+    ("sparse", None, 1.0), ("sparse_gd", None, 1.0), ("y_to_x", None, 1.0),  # Ahn et al.'s fixed p, as a start
+    ("sparse", -0.5, -0.5), ("full", 0.25, 0.25),
+    ("full", None, None),  # the one-layer theorem's runs: a N(0, init_scale^2) draw, different in every layer
+])
+def test_p_y_starts_at_ahn_et_al_s_one_in_the_sparse_layers(name, p_y_init, expected):
+  config = _config(parameterization=name, num_layers=3, p_y_init=p_y_init)
+  task = lsa_regression.validate_config(config)
+  params = lsa_regression.make_objective(task, config).init(jax.random.PRNGKey(0))
+  p_y = [float(params[f"layer_{i}"]["W_PV"][-1, -1]) for i in range(3)]
+  if expected is None:
+    assert len(set(p_y)) == 3 and all(0 < abs(p) < 5 * config.init_scale for p in p_y)
+  else:
+    assert p_y == [expected] * 3
+  # The rest of W_PV (B, held at 0 in sparse_gd) is still drawn at init_scale.
+  b = np.abs(np.asarray(params["layer_0"]["W_PV"])[:task.d, :task.d])
+  assert (b.max() == 0) if name == "sparse_gd" else (0 < b.max() < 5 * config.init_scale)
+
+
+def test_p_y_init_must_be_a_finite_number():
+  with pytest.raises(icl_theory.ConfigError, match=r"^p_y_init=inf is not allowed: a finite number$"):
+    lsa_regression.validate_config(_config(p_y_init=float("inf")))
