@@ -21,7 +21,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from icl_theory.engine import files, precision, progress, sweep as sweeps, trainer, workdir as workdirs
@@ -136,6 +135,7 @@ def load_snapshots(workdir: str, experiments: Callable[[str], Experiment],
   directory, index = _checkpoint_dir(workdir, experiment, run)
   if not os.path.isdir(directory):
     return snapshots
+  ocp = trainer.orbax_checkpoint()
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   with _ReadOnlyNotice(), ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
     for step in sorted(manager.all_steps()):
