@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from icl_theory.configs import classify as classify_config
-from icl_theory.engine import precision, trainer
+from icl_theory.engine import precision, sharding, trainer
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.group import eval_key as _engine_eval_key
 from icl_theory.classification import plots
@@ -161,16 +161,19 @@ class Evaluator:
     self.chunk = min(num_samples, _EVAL_CHUNK)
     self.num_chunks = -(-num_samples // self.chunk)
     self.num_samples = self.chunk * self.num_chunks  # rounded up to whole chunks
+    self.devices = sharding.chunk_devices(self.num_chunks)  # the chunks are split over them
     self._sums = jax.jit(functools.partial(self._sums_impl, model), static_argnums=(4, 5))
     self._programs: dict[tuple, Any] = {}  # (prompt length, domain, the inputs' shapes) -> jax.stages.Compiled
 
   def _sums_impl(self, model: Model, params: Any, task: ClassificationTask, key: jax.Array, same: jax.Array,
                  prompt_len: int, domain: str) -> jax.Array:
-    def chunk_sums(key):
+    def chunk_sums(key, shared):
+      params, task, same = shared
       prompts = sample_prompts_by_count(key, task, self.chunk, prompt_len, same, domain)
       return outcome_sums(*model.apply({"params": params}, *prompt_tokens(prompts, task.q)), prompts)
 
-    return jax.lax.map(chunk_sums, jax.random.split(key, self.num_chunks)).sum(0)
+    return sharding.summed_over_chunks(chunk_sums, jax.random.split(key, self.num_chunks), (params, task, same),
+                                       self.devices)
 
   def program(self, params: Any, task: ClassificationTask, key: Any, prompt_len: int, domain: str) -> Any:
     """The compiled sums for inputs of these shapes (arrays or jax.ShapeDtypeStructs): (params, task, key, same)."""

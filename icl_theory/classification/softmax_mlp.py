@@ -53,9 +53,9 @@ class SoftmaxMLP(nn.Module):
     w_k_DxD = self.param("W_K", qk_init, (dim, dim))
     w_v_DxD = self.param("W_V", dense_init, (dim, dim))
     w_o_MxD = self.param("W_O", dense_init, (self.m, dim))
-    keys_BxLxD = context_BxLxD @ w_k_DxD.T
-    query_BxD = query_BxD @ w_q_DxD.T
-    attention_BxL = jax.nn.softmax(jnp.einsum("bld,bd->bl", keys_BxLxD, query_BxD), axis=-1)
+    # (W_K p_s)^T (W_Q p_query) = p_s^T (W_K^T W_Q p_query): one D x D product per prompt, not one per context.
+    reader_BxD = (query_BxD @ w_q_DxD.T) @ w_k_DxD
+    attention_BxL = jax.nn.softmax(jnp.einsum("bld,bd->bl", context_BxLxD, reader_BxD), axis=-1)
     mixed_BxD = jnp.einsum("bl,bld->bd", attention_BxL, context_BxLxD) @ w_v_DxD.T
     hidden_BxM = jax.nn.relu(mixed_BxD @ w_o_MxD.T)
     return hidden_BxM @ output_signs(self.m), attention_BxL

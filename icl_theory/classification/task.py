@@ -352,6 +352,20 @@ def _uniform_index(u: jax.Array, n: int) -> jax.Array:
   return jnp.minimum((u * n).astype(jnp.int32), n - 1)
 
 
+def _first_of_permutation(u_L: jax.Array, count: int | jax.Array) -> jax.Array:
+  """`argsort(u_L) < count`, without a sort: position i holds an index below `count` iff i is the rank of one.
+
+  The stable ranks (ties broken by index, as the stable argsort) by L x L comparisons,
+  which XLA on CPU runs as one vectorised loop where a sort of each prompt's few
+  uniforms was most of the sampler's time.
+  """
+  length = u_L.shape[0]
+  index_L = jnp.arange(length)
+  below_LxL = (u_L[None, :] < u_L[:, None]) | ((u_L[None, :] == u_L[:, None]) & (index_L[None, :] < index_L[:, None]))
+  rank_L = below_LxL.sum(axis=1)  # rank_L[j]: where u_L[j] lands in the sorted order
+  return jnp.any((rank_L[None, :] == index_L[:, None]) & (index_L[None, :] < count), axis=1)
+
+
 def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, relevant_RxD: jax.Array,
                 irrelevant_IxD: jax.Array, prompt_len: int, same: int | jax.Array) -> ClassificationPrompts:
   # Every random choice comes from one uniform draw: each jax.random call adds a threefry block
@@ -367,7 +381,7 @@ def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, 
   own, other = jnp.where(query_is_a, a, b), jnp.where(query_is_a, b, a)
   # Exactly `same` contexts carry the query's pattern: the argsort of iid uniforms is a uniform
   # random permutation, and the positions it maps below `same` are a uniform random subset.
-  same_pattern_L = jnp.argsort(u_Tx3[:prompt_len, 0]) < same
+  same_pattern_L = _first_of_permutation(u_Tx3[:prompt_len, 0], same)
   relevant_T = jnp.append(jnp.where(same_pattern_L, own, other), own)
   kappa_T = (2.0 * u_Tx3[:, 1] - 1.0) * task.kappa_max
   nu_T = _uniform_index(u_Tx3[:, 2], irrelevant_IxD.shape[0])

@@ -124,6 +124,32 @@ def per_run(fn: Callable, sharding: NamedSharding, one_at_a_time: bool = False) 
   return jax.shard_map(each, mesh=sharding.mesh, in_specs=RUNS, out_specs=RUNS, check_vma=False)
 
 
+def chunk_devices(num_chunks: int, devices: Sequence[jax.Device] | None = None) -> list[jax.Device]:
+  """The most of `devices` (default: this process's) whose count divides `num_chunks`: `summed_over_chunks`'."""
+  devices = list(devices or jax.local_devices())
+  return devices[:max(c for c in range(1, len(devices) + 1) if num_chunks % c == 0)]
+
+
+def summed_over_chunks(fn: Callable, keys: jax.Array, shared: Any, devices: Sequence[jax.Device]) -> Any:
+  """sum_c fn(keys[c], shared) over a leading axis of chunk keys, the chunks split over `devices`.
+
+  For Monte Carlo estimates whose chunks are independent: each device loops over its
+  share of the chunks (`lax.map`, bounded memory) and the partial sums are added
+  across devices, so a CPU with a device per core evaluates on every core. The
+  same draws as one device; the sums agree to float32 rounding (another order).
+  `shared` (any pytree) is replicated; the chunk count must be a multiple of len(devices).
+  """
+  local = lambda keys_local, shared_: jax.tree.map(lambda x: x.sum(0),
+                                                    jax.lax.map(lambda k: fn(k, shared_), keys_local))
+  if len(devices) == 1:
+    return local(keys, shared)
+  def each(keys_local, shared_):
+    return jax.lax.psum(local(keys_local, shared_), "chunks")
+  mesh = Mesh(np.array(list(devices)), ("chunks",))
+  return jax.shard_map(each, mesh=mesh, in_specs=(PartitionSpec("chunks"), PartitionSpec()),
+                       out_specs=PartitionSpec(), check_vma=False)(keys, shared)
+
+
 def data_parallel(mesh: Mesh) -> contextlib.AbstractContextManager:
   """While tracing inside this context (JAX's own mesh context), `shard_batch` splits batch axes over 'data'."""
   return jax.set_mesh(mesh)

@@ -231,3 +231,17 @@ def test_unseen_domain_of_a_task_without_unseen_pairs_is_refused():
   assert len(task.unseen_pairs) == 0
   with pytest.raises(ConfigError, match="^domain='unseen' is not allowed"):
     sample_prompts(jax.random.PRNGKey(0), task, 4, 5, 0.5, "unseen")
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 20])
+def test_first_of_permutation_is_the_stable_argsort_rule_ties_included(length):
+  # The sampler's same-pattern positions: argsort(u) < count, computed by comparisons.
+  for seed in range(6):
+    u = jax.random.uniform(jax.random.PRNGKey(seed), (length,))
+    if seed % 2:
+      u = jnp.round(u * 3) / 3  # ties, which float32 uniforms meet about once per 10^5 prompts
+    for count in range(length + 1):
+      expected = np.asarray(jnp.argsort(u) < count)
+      got = np.asarray(classification._first_of_permutation(u, count))
+      np.testing.assert_array_equal(got, expected)
+      assert got.sum() == count

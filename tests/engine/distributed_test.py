@@ -80,6 +80,17 @@ def _data_parallel_child() -> None:
   num_entries = len(statistics.factor_pattern(config.d + 1, config.n).rows)
   out["sampler_entries_shard_shape"] = list(entries.shard_shape((num_entries, 1024)))
   out["sampler_num_entries"] = num_entries
+  # The classifier's Monte Carlo sums (4 chunks of 4096 prompts): split over the 4 devices, and on one.
+  config = classify.get_config()
+  task = classification.build_task(config)
+  params = classification.make_objective(task, config).init(jax.random.PRNGKey(0))
+  figures = {}
+  for count in (4, 1):
+    evaluator = classification.Evaluator(classification.make_model(config), config.eval_samples)
+    figures[count] = {"devices": len(evaluator.devices)}
+    evaluator.devices = evaluator.devices[:count]
+    figures[count].update(evaluator(params, task, jax.random.PRNGKey(5), 20, 0.5, "unseen", "unseen"))
+  out["evaluator"] = figures
   print(json.dumps(out))
 
 
@@ -118,6 +129,15 @@ def test_a_group_checkpointed_on_one_device_resumes_on_four(data_parallel_runs):
   assert resumed["resumed_from"] == 10 and resumed["num_runs"] == 3
   # One run per device and three vmapped on one differ in the last float32 bits only.
   np.testing.assert_allclose(resumed["loss"], resumed["straight_loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_classifier_evaluates_its_chunks_on_every_device(data_parallel_runs):
+  four, one = data_parallel_runs["evaluator"]["4"], data_parallel_runs["evaluator"]["1"]
+  assert four.pop("devices") == 4 and one.pop("devices") == 4  # chunk_devices: all 4 divide the 4 chunks
+  assert four.keys() == one.keys() and 0 < one["unseen_error"] < 1 and one["unseen_hinge"] > 0
+  for name, value in one.items():  # the same prompts: error counts exact, float sums to rounding
+    assert four[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
 
 
 def test_batch_not_divisible_by_devices_is_refused():
