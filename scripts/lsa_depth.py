@@ -15,8 +15,8 @@ mechanism/  sparse and sparse_gd (B = 0: exactly GD) L in {2, 4} at n = 20, sigm
             mechanism_layers.csv, mechanism_gd.csv.
 masks/      which entries destabilise the full parameterisation: L = 4, n = 20, sigma = 0,
             the sweep's recipe, with the prediction read out as minus the query's y-entry
-            for every parameterisation (sparse, y_to_x, full), so that only the mask
-            differs. masks.csv.
+            and p_y started at the same value (0.02, then 1) for every parameterisation
+            (sparse, sparse_gd, y_to_x, full), so that only the mask differs. masks.csv.
 
 Every training setting (steps, batch size) is ours, sized so that the study takes
 about 20 minutes on 2 shared CPU cores: the sweeps' vmapped groups train the two
@@ -56,14 +56,17 @@ NOISES = (0.0, 0.5)
 SPARSE_DEPTHS = tuple(range(1, 9))
 FULL_DEPTHS = (1, 2, 3, 4)  # the full parameterisation past four layers: see results/README.md
 # Our guesses, sized for the CPU budget: the default optimiser (SGD, momentum 0.9, cosine, clip 1) for
-# both parameterisations, 1000 steps of 256 fresh prompts (the sparse L = 4 run of the README's "done"
-# command is at 0.0019 after 1000 steps of 1024, a hundredth of 4-step GD's risk). The default rate 0.05
-# for one layer; 0.01 for more: at n = 5, 0.05 sent sparse L = 3 to risks of 17-1170 (spikes every few
-# steps) and L = 4 to a non-finite loss, while 0.01 trained L = 3 to 0.78 (3-step GD: 1.91) and L = 8,
-# sigma = 0.5, to 1.42 (8-step GD: 1.85) through one spike.
+# both parameterisations, 1000 steps of 256 fresh prompts: a budget that ends before the deep sparse
+# layers do (the README's four-layer run, 8000 steps of 1024 at 0.05, is at 0.095 after 1000 steps,
+# 0.0012 after 2000 and 0.00025 at the end). The default rate 0.05 for one layer; 0.01 for more: at
+# n = 5, 0.05 sends four sparse layers to a non-finite loss (p_y started small or at 1, batch 256 or
+# 1024), while 0.01 trains them to 0.72 (4-step GD: 1.76).
 LEARNING_RATES = {1: 0.05, 2: 0.01}  # from this depth on
 TRAINING = dict(d=D, steps=1000, batch_size=256, warmup_steps=100, log_every=250, checkpoint_every=250,
                 eval_samples=20_000, gamma_mc_samples=100_000)
+# The masks part starts every parameterisation's p_y at the same value, so that only the mask differs:
+# the size of the full layer's N(0, 0.02^2) draw, and Ahn et al.'s 1 (the sparse forms' default).
+MASKS_P_Y_INITS = (0.02, 1.0)
 MECHANISM_COVS = ("identity", "geometric:10@0")
 MECHANISM_DEPTHS = (2, 4)
 MECHANISM_PARAMETERIZATIONS = ("sparse", "sparse_gd")
@@ -181,15 +184,18 @@ def run_sweeps(workdir: str, out: str) -> None:
 
 
 def run_masks(workdir: str, out: str) -> None:
-  grid = depth_grid("sparse", (4,))
-  grid.base.readout = "minus"
-  grid.n_values, grid.noise_std_values = (20,), (0.0,)
-  grid.parameterization_values = parameterization.PARAMETERIZATIONS
-  rows = icl_theory.run_sweep(grid, os.path.join(workdir, "masks"))
-  table = [{"parameterization": r["parameterization"], "readout": "minus", "trainable_per_layer":
-            parameterization.num_trainable(r["parameterization"], D), **{k: r[k] for k in (
-                "seed", "status", "model_risk_mc", "model_risk_mc_stderr", "multi_step_gd_risk", "final_train_loss")}}
-           for r in rows]
+  table = []
+  for p_y in MASKS_P_Y_INITS:
+    grid = depth_grid("sparse", (4,))
+    grid.base.update(readout="minus", p_y_init=p_y)
+    grid.n_values, grid.noise_std_values = (20,), (0.0,)
+    grid.parameterization_values = parameterization.PARAMETERIZATIONS
+    rows = icl_theory.run_sweep(grid, os.path.join(workdir, f"masks_p_y{p_y:g}"))
+    table += [{"parameterization": r["parameterization"], "readout": "minus", "p_y_init": p_y, "trainable_per_layer":
+               parameterization.num_trainable(r["parameterization"], D), **{k: r[k] for k in (
+                   "seed", "status", "model_risk_mc", "model_risk_mc_stderr", "multi_step_gd_risk",
+                   "final_train_loss")}}
+              for r in rows]
   os.makedirs(out, exist_ok=True)
   files.write_csv(os.path.join(out, "masks.csv"), table, significant=5)
 
