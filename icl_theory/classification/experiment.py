@@ -153,8 +153,9 @@ class Evaluator:
 
   The programs are compiled ahead of time (`program`; a sweep calls it through
   `Classification.compile_evaluation` on its compiling thread while another group
-  trains), at the library's float32 precision (`engine.precision`), and run on the
-  default device from host copies of the parameters and the task.
+  trains), at the library's float32 precision (`engine.precision`), and run from host
+  copies of the parameters and the task, their chunks of prompts split over the process's
+  devices (`sharding.summed_over_chunks`: every core of a CPU with a device per core).
   """
 
   def __init__(self, model: Model, num_samples: int):
