@@ -16,7 +16,7 @@ import ml_collections
 from icl_theory.engine import run as runs
 from icl_theory.engine import compile_cache, progress, sharding, sweep as sweeps, workdir as workdirs
 from icl_theory.engine.experiment import Experiment
-from icl_theory.engine.validation import check_choice
+from icl_theory.engine.validation import ConfigError, check_choice
 
 # name -> the module whose EXPERIMENT it is (imported when first asked for).
 _PACKAGES = {"lsa_regression": "icl_theory.regression.experiment",
@@ -88,7 +88,11 @@ def load_snapshots(workdir: str, run: int | dict[str, Any] | None = None) -> lis
 
 def use_cpu_cores(config: ml_collections.ConfigDict) -> None:
   """Before JAX starts: one CPU device per core for a single run, where its experiment gains from it."""
-  if of(config).cpu_data_parallel:
+  try:
+    split = bool(config.get("data_parallel", True)) and of(config).splits_over_cpu_cores(config)
+  except (AttributeError, KeyError, TypeError, ValueError, ConfigError):
+    split = False  # a bad field: validation names it next, with its own message
+  if split:
     sharding.use_cpu_cores(divides=config.get("batch_size"))
 
 

@@ -45,7 +45,8 @@ class Experiment:
   array_fields: tuple[str, ...] = ()
   # results.csv's metric columns, after the grid coordinates.
   metrics: tuple[str, ...] = ()
-  # Whether one run on the CPU gains from splitting each step's batch over one device per core.
+  # Whether one run on the CPU gains from splitting each step's batch over one device per core
+  # (`splits_over_cpu_cores` may decide it per config instead).
   cpu_data_parallel: bool = False
 
   # --- config -> task -------------------------------------------------------------------------------
@@ -73,6 +74,14 @@ class Experiment:
   def cost(self, config: Config) -> float:
     """A rough relative cost of training one run (a sweep's processes share groups by it)."""
     return 1.0
+
+  def splits_over_cpu_cores(self, config: Config) -> bool:
+    """Whether a single run of `config` on the CPU trains faster with its batch split over a device per core.
+
+    Asked before JAX starts (the device count is fixed then), so it must not touch JAX,
+    and before the config is validated: a bad field may raise, and then counts as no.
+    """
+    return self.cpu_data_parallel
 
   def reference(self, task: Task, config: Config) -> tuple[str, float] | None:
     """(name, loss) printed beside a single run's training loss (e.g. ('R*', the optimal risk)), or None."""

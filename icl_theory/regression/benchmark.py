@@ -175,8 +175,10 @@ def _job_config(**fields) -> ml_collections.ConfigDict:
 def trainer_step_seconds(config: ml_collections.ConfigDict, fused: bool = True) -> float:
   """Steady-state seconds per step of `trainer.fit` on `config` (compilation excluded).
 
-  Data-parallel over this process's devices, as `icl_theory.main` trains (one CPU
-  device for an LSA run: `icl_theory.experiments.use_cpu_cores`).
+  Data-parallel over this process's devices: one on a CPU, where the reference runs too,
+  so the ratios compare the two programs on the same device. (`icl_theory.main` splits the
+  job's large steps over a CPU device per core, `icl_theory.experiments.use_cpu_cores`; the
+  whole-command figures include that.)
   """
   task = lsa_regression.validate_config(config)
   optimizer, schedule = trainer.optimizer_from_config(config)

@@ -162,3 +162,32 @@ def test_same_config_and_seed_give_identical_numbers(tmp_path):
   config.seed = 1
   c = icl_theory.train(config, str(tmp_path / "c")).summary
   assert c["effective_gamma"] != a["effective_gamma"]  # the seed matters
+
+
+@pytest.mark.parametrize("fields, splits", [
+    ({}, False),                                                # the default run: 1024 x 6 columns
+    (dict(d=10, n=10, batch_size=2048), True),                  # the benchmark's job: 2048 x 10
+    (dict(num_layers=4, parameterization="sparse"), True),      # 1024 x 6 x 4 layers
+    (dict(batch_size=256), False),
+    (dict(d=10, n=10, batch_size=2048, sampler="tokens"), True),  # 2048 x 11 token columns
+])
+def test_single_runs_split_over_cpu_cores_where_a_step_is_large(fields, splits):
+  config = lsa_config.get_config()
+  config.update(**fields)
+  assert lsa_regression.EXPERIMENT.splits_over_cpu_cores(config) is splits
+
+
+def test_the_cpu_core_split_asks_nothing_of_jax_and_leaves_bad_fields_to_validation(monkeypatch):
+  from icl_theory import experiments
+  from icl_theory.engine import sharding
+  asked = []
+  monkeypatch.setattr(sharding, "use_cpu_cores", lambda divides=None: asked.append(divides))
+  config = lsa_config.get_config()
+  config.update(d=10, n=10, batch_size=2048)
+  experiments.use_cpu_cores(config)
+  config.data_parallel = False
+  experiments.use_cpu_cores(config)
+  bad = lsa_config.get_config()
+  bad.n = None  # a bad field: the split is not asked for, and validation reports the field
+  experiments.use_cpu_cores(bad)
+  assert asked == [2048]
