@@ -180,8 +180,28 @@ def interrupted(workdir: str | None) -> NoReturn:
   sys.exit(EXIT_INTERRUPTED)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """absl's app.run with our flag parser and console (after `prepare_argv`)."""
+def run(main: Callable[[list[str]], None]) -> NoReturn:
+  """absl's app.run with our flag parser and console (after `prepare_argv`); then the process ends at once.
+
+  Its exit status is main's (0, or what it passed to sys.exit). The interpreter's own
+  teardown is skipped: with JAX's backend loaded it takes about 0.25 s of every command
+  (an A/B of whole processes), and by then everything the command writes is written,
+  atomically, and closed. An exception main does not handle still ends with its traceback.
+  """
   from absl import app  # the entry points' own dependency: library code never starts an app
   setup_console()
-  app.run(main, flags_parser=flags_parser)
+  try:
+    app.run(main, flags_parser=flags_parser)
+    code: Any = 0
+  except SystemExit as done:
+    code = done.code
+  if isinstance(code, str):  # sys.exit("message") prints the message and exits 1
+    print(code, file=sys.stderr)
+    code = 1
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.distributed.is_initialized():  # the processes' shutdown barrier, as at a normal exit
+    jax.distributed.shutdown()
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0 if code is None else int(code))
