@@ -37,7 +37,6 @@ from icl_theory.configs import classify as classify_config
 from icl_theory.engine import precision, sharding, trainer
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.group import eval_key as _engine_eval_key
-from icl_theory.classification import plots
 from icl_theory.classification import transformer
 from icl_theory.classification.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
 from icl_theory.classification.transformer import Transformer
@@ -476,9 +475,11 @@ class Classification(Experiment):
     return format_sweep(rows)
 
   def plot_run(self, summary: dict[str, Any], history: Sequence[dict], path: str) -> None:
+    from icl_theory.classification import plots  # matplotlib: imported where a figure is drawn (engine.plotting)
     plots.plot_classification_run(summary, history, path)
 
   def plot_sweep(self, rows: Sequence[dict[str, Any]], directory: str) -> None:
+    from icl_theory.classification import plots
     plots.plot_sweep(rows, directory)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.engine import experiment, group, sharding, trainer
 from icl_theory.engine.validation import ConfigError, check_bool, check_choice, check_float, check_int
-from icl_theory.regression import (evaluation, lsa, lsa_fused, multistep, parameterization, plots, pool, shift,
+from icl_theory.regression import (evaluation, lsa, lsa_fused, multistep, parameterization, pool, shift,
                                    statistics, theory)
 from icl_theory.regression.statistics import sample_statistics
 from icl_theory.regression.task import (GAUSSIAN_RESPONSES, SYMMETRIC_RESPONSES, Contexts, RegressionTask, mirror,
@@ -419,9 +419,11 @@ class LSARegression(experiment.Experiment):
     return "\n".join(lines)
 
   def plot_run(self, summary, history, path):
+    from icl_theory.regression import plots  # matplotlib: imported where a figure is drawn (engine.plotting)
     plots.plot_lsa_run(summary, history, path)
 
   def plot_sweep(self, rows, directory):
+    from icl_theory.regression import plots
     plots.plot_sweep(rows, directory)
 
   def group_name(self, config, varying):
