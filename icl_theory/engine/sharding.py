@@ -138,6 +138,8 @@ def summed_over_chunks(fn: Callable, keys: jax.Array, shared: Any, devices: Sequ
   across devices, so a CPU with a device per core evaluates on every core. The
   same draws as one device; the sums agree to float32 rounding (another order).
   `shared` (any pytree) is replicated; the chunk count must be a multiple of len(devices).
+  `fn` must not do linear algebra (SVD, eigh, solves): on forced host CPU devices those
+  deadlocked the CPU runtime when several devices ran them at once (`Group.eval_devices`).
   """
   local = lambda keys_local, shared_: jax.tree.map(lambda x: x.sum(0),
                                                     jax.lax.map(lambda k: fn(k, shared_), keys_local))
