@@ -78,6 +78,7 @@ def test_headline_is_the_evaluator_on_the_runs_task_and_its_seeds_evaluation_key
   assert rows[1]["large_neurons_cos_mean_idr"] == alignment["large_neurons_cos_mean_idr"]
 
 
+@pytest.mark.slow  # 3 s with a cold compile cache
 def test_b_evaluation_points_change_only_what_they_should(trained):
   group, params = trained
   base, s1, alpha, length = group.evaluate(params, [{}, {"s1": 2.0}, {"alpha_test": 0.3}, {"test_prompt_len": 20}])

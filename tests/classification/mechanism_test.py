@@ -50,6 +50,7 @@ def _label_copier(task: ClassificationTask, c: float) -> dict:
 # --- attention ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 3-4 s with a cold compile cache
 def test_sharp_identity_attention_puts_all_the_mass_on_the_querys_pattern(task):
   prompts = _prompts(task, same=2)
   stats = mechanism.attention_statistics(_label_copier(task, c=6.0), task, prompts)
@@ -235,6 +236,7 @@ def test_binomial_prompts_have_a_binomial_count_of_same_pattern_contexts(task):
 # --- classical classifiers ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 3-4 s with a cold compile cache
 def test_classical_classifiers_are_perfect_on_separable_prompts(task):
   # Each context is its pattern plus at most 0.5 of an orthogonal one: the two labels are separable.
   prompts = _prompts(task, same=6, prompt_len=10, batch=40)

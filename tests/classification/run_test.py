@@ -55,6 +55,7 @@ def trained(tmp_path_factory) -> Trained:
     return Trained(json.load(f), str(workdir), proc.stdout, proc.stderr)
 
 
+@pytest.mark.slow  # a whole training run and its tables (15 s with a cold compile cache)
 def test_short_run_classifies_unseen_tasks_by_attending_to_the_querys_pattern(trained):
   summary = trained.summary
   # alpha = 1/2: every prompt's labels tie, so majority vote is a coin, exactly.
@@ -75,6 +76,7 @@ def test_short_run_classifies_unseen_tasks_by_attending_to_the_querys_pattern(tr
   assert summary["large_neurons_cos_signed_q"] > 0.5
 
 
+@pytest.mark.slow  # a whole training run and its tables (15 s with a cold compile cache)
 def test_summary_and_outputs(trained):
   workdir, summary = trained.workdir, trained.summary
   for name in ("summary.json", "metrics.jsonl", "classification.png", "config.json", "checkpoints"):
@@ -104,6 +106,7 @@ def test_summary_and_outputs(trained):
   assert summary["config"] == files.to_builtin(_config().to_dict())  # the command line read every flag
 
 
+@pytest.mark.slow  # a whole training run and its tables (15 s with a cold compile cache)
 def test_the_command_line_prints_icl_beside_majority_vote(trained):
   assert trained.stdout == experiments.format_summary(trained.summary) + f"\n\nwritten to {trained.workdir}\n"
   assert "unseen tasks" in trained.stdout and "majority" in trained.stdout
@@ -111,6 +114,7 @@ def test_the_command_line_prints_icl_beside_majority_vote(trained):
   assert f"step {_STEPS}/{_STEPS}" in trained.stderr  # the progress lines
 
 
+@pytest.mark.slow  # a whole training run and its tables (15 s with a cold compile cache)
 def test_rerun_with_new_evaluation_fields_reevaluates_without_training(trained, tmp_path):
   workdir = shutil.copytree(trained.workdir, tmp_path / "run")
   again = icl_theory.train(_config(test_alphas=(0.3, 0.7)), str(workdir))
@@ -120,6 +124,7 @@ def test_rerun_with_new_evaluation_fields_reevaluates_without_training(trained, 
   assert [r["alpha_test"] for r in again.summary["error_by_alpha_test"]] == [0.3, 0.7]
 
 
+@pytest.mark.slow  # a whole training run and its tables (15 s with a cold compile cache)
 def test_workdir_of_another_training_config_is_refused(trained):
   with pytest.raises(icl_theory.ConfigError, match=r"fields alpha differ.*--overwrite"):
     icl_theory.train(_config(alpha=0.8), trained.workdir)

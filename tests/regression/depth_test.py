@@ -30,11 +30,13 @@ def test_sparse_layers_without_b_are_gd_with_their_own_preconditioners(num_layer
   np.testing.assert_allclose(lsa.predict(params, prompts), gd, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow  # 3 s with a cold compile cache
 def test_one_layer_preconditioner_is_the_effective_gamma():
   params, _ = _sparse_params(1, 3, jax.random.PRNGKey(0))
   np.testing.assert_allclose(depth.preconditioners(params)[0], lsa.effective_gamma(params), rtol=1e-6)
 
 
+@pytest.mark.slow  # 3 s with a cold compile cache
 def test_with_b_the_layers_leave_gd_and_the_prediction_says_so():
   params, task = _sparse_params(2, 3, jax.random.PRNGKey(2), with_b=True)
   prompts = sample_prompts(jax.random.PRNGKey(9), task, 256)

@@ -116,6 +116,7 @@ def test_one_run_at_a_time_is_the_vmap():
   assert len(set(np.asarray(looped).tolist())) == 3
 
 
+@pytest.mark.slow  # 3 s with a cold compile cache
 def test_contexts_that_determine_w_give_ridge_and_ols_risk_zero_without_monte_carlo():
   # Noiseless linear data with n >= d: the shortcut's 0 is what the Monte Carlo estimates converge to.
   task = RegressionTask(d=4, n=4, cov_x="geometric:5@1")

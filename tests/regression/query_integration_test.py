@@ -161,6 +161,7 @@ def test_integrated_loss_has_a_much_smaller_variance_for_cube():
   assert np.var(integrated_K, ddof=1) < 0.2 * np.var(token_K, ddof=1), (np.var(integrated_K), np.var(token_K))
 
 
+@pytest.mark.slow  # 3 s with a cold compile cache
 def test_integrated_loss_of_a_linear_layer_is_the_closed_form():
   # One layer, p_x = q21 = 0: v = Gamma^T g with Gamma = p_y Q11^T, and on linear data
   # E[(v^T x_q - y_q)^2 | context, w] = (v - w)^T cov_x (v - w) + sigma^2.

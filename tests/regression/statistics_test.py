@@ -86,6 +86,7 @@ def test_chi_square_has_the_right_mean_variance_and_skew(dof):
   assert abs(_z_scores(((x - dof) ** 3)[:, None], np.array([8.0 * dof]))[0]) < 4
 
 
+@pytest.mark.slow  # 3 s with a cold compile cache
 def test_chi_square_rows_are_independent_draws():
   for dof in (5, 30):  # both methods
     x = np.asarray(statistics.chi_square(jax.random.PRNGKey(dof), np.array([dof, dof]), 100_000), np.float64)
