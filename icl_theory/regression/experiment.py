@@ -70,7 +70,7 @@ def validate_config(config: ml_collections.ConfigDict) -> RegressionTask:
     if config.response not in SYMMETRIC_RESPONSES:
       raise ConfigError(f"antithetic=True is not allowed with response={config.response!r}: the mirror (every y "
                         f"negated) must be as likely as the prompt; responses {', '.join(SYMMETRIC_RESPONSES)}")
-    if uses_wishart(task, config.sampler):
+    if uses_wishart(task.response, config.sampler):
       raise ConfigError(f"antithetic=True is not allowed with sampler={config.sampler!r} on linear data (the "
                         "Wishart sampler): use sampler='tokens' or 'integrated_query'")
     if config.batch_size % 2:
@@ -119,14 +119,14 @@ def p_y_init(config: ml_collections.ConfigDict) -> float | None:
 
 def sampler_used(task: RegressionTask, config: ml_collections.ConfigDict) -> str:
   """What a run's sampler setting means for its task: 'wishart', 'integrated_query' or 'tokens'."""
-  if uses_wishart(task, config.sampler):
+  if uses_wishart(task.response, config.sampler):
     return "wishart"
   return "integrated_query" if config.sampler == "integrated_query" else "tokens"
 
 
-def uses_wishart(task: RegressionTask, sampler: str) -> bool:
-  """'auto' samples the context's statistic where the data are Gaussian, the tokens elsewhere."""
-  return sampler == "wishart" or (sampler == "auto" and task.is_gaussian)
+def uses_wishart(response: str, sampler: str) -> bool:
+  """'auto' samples the context's statistic where the data are Gaussian, the tokens elsewhere (no JAX here)."""
+  return sampler == "wishart" or (sampler == "auto" and response in GAUSSIAN_RESPONSES)
 
 
 def freeze_vanishing(params: Any) -> Any:
@@ -234,7 +234,7 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   def integrated_query_loss(params, key, task):
     return query_integrated_loss(params, sample_contexts(key, task, batch_size, antithetic), task)
 
-  if uses_wishart(task, config.sampler):
+  if uses_wishart(task.response, config.sampler):
     loss = wishart_loss
   elif config.sampler == "integrated_query":
     loss = integrated_query_loss
@@ -367,8 +367,7 @@ class LSARegression(experiment.Experiment):
 
   def cost(self, config):
     """The columns its sampler draws per prompt, times the layers (from the config alone: no JAX)."""
-    wishart = config.sampler == "wishart" or (config.sampler == "auto" and config.response in GAUSSIAN_RESPONSES)
-    columns = min(config.n, config.d + 1) if wishart else config.n + 1
+    columns = min(config.n, config.d + 1) if uses_wishart(config.response, config.sampler) else config.n + 1
     return float(columns * config.num_layers)
 
   def splits_over_cpu_cores(self, config):
