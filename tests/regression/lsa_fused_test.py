@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from icl_theory.configs import lsa as lsa_config
+from icl_theory.engine import precision
 from icl_theory.regression import experiment as lsa_regression
 from icl_theory.regression import lsa_fused
 from icl_theory.regression import statistics
@@ -38,7 +39,9 @@ def _task_and_params(fields: dict, seed: int = 0):
 
 
 def _value_and_grad(params, stats, task, fused):
-  return jax.jit(jax.value_and_grad(lambda p: lsa_regression.integrated_loss(p, stats, task, fused)))(params)
+  # At full float32 precision, as the trainer runs them (a GPU would otherwise take TF32 for the einsums).
+  with precision.context():
+    return jax.jit(jax.value_and_grad(lambda p: lsa_regression.integrated_loss(p, stats, task, fused)))(params)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
