@@ -110,6 +110,25 @@ def _shape_and_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:
   return tuple(x.shape), jax.dtypes.canonicalize_dtype(x.dtype)
 
 
+def vmap_runs(fn: Callable) -> Callable:
+  """`jax.vmap(fn)` over a leading run axis; a run axis of size 1 is squeezed instead of mapped.
+
+  The same numbers, but XLA on CPU compiles a size-1 batch dimension into slower
+  kernels: one LSA training step (d = n = 10, batch 2048) took 1.29 ms vmapped over
+  one run and 0.86 ms without the run axis.
+  """
+  batched = jax.vmap(fn)
+
+  def mapped(*args):
+    sizes = {leaf.shape[0] for leaf in jax.tree.leaves(args)}
+    if sizes != {1}:
+      return batched(*args)
+    out = fn(*jax.tree.map(lambda x: x[0], args))
+    return jax.tree.map(lambda x: x[None], out)
+
+  return mapped
+
+
 def per_run(fn: Callable, sharding: NamedSharding, one_at_a_time: bool = False) -> Callable:
   """`fn` (one run's arguments -> one run's outputs) over the sharded run axis, device by device.
 
@@ -118,7 +137,7 @@ def per_run(fn: Callable, sharding: NamedSharding, one_at_a_time: bool = False) 
   per-run draws are large, the loop compiled and ran a third faster on the CPU.
   """
   def each(*args):
-    return jax.lax.map(lambda run_args: fn(*run_args), args) if one_at_a_time else jax.vmap(fn)(*args)
+    return jax.lax.map(lambda run_args: fn(*run_args), args) if one_at_a_time else vmap_runs(fn)(*args)
 
   # check_vma=False: the body has no collectives, and scan carries would need pvary otherwise.
   return jax.shard_map(each, mesh=sharding.mesh, in_specs=RUNS, out_specs=RUNS, check_vma=False)
@@ -201,7 +220,7 @@ class Placement:
   def map(self, fn: Callable) -> Callable:
     """`fn` on one run's arguments -> the same over the run axis, laid out by this placement."""
     if self.data_parallel:
-      return jax.vmap(fn)
+      return vmap_runs(fn)
     return per_run(fn, NamedSharding(self.mesh, RUNS))
 
   def tracing(self) -> contextlib.AbstractContextManager:
