@@ -199,6 +199,7 @@ class Placement:
   """How a program over R runs is laid out on devices; see the module docstring."""
   mesh: Mesh
   data_parallel: bool
+  one_at_a_time: bool = False  # over runs: each device loops over its runs (`per_run`) instead of vmapping
 
   @property
   def num_devices(self) -> int:
@@ -221,15 +222,15 @@ class Placement:
     """`fn` on one run's arguments -> the same over the run axis, laid out by this placement."""
     if self.data_parallel:
       return vmap_runs(fn)
-    return per_run(fn, NamedSharding(self.mesh, RUNS))
+    return per_run(fn, NamedSharding(self.mesh, RUNS), self.one_at_a_time)
 
   def tracing(self) -> contextlib.AbstractContextManager:
     """The context to trace (lower) this placement's programs in."""
     return data_parallel(self.mesh) if self.data_parallel else contextlib.nullcontext()
 
 
-def over_runs(devices: Sequence[jax.Device] | None = None) -> Placement:
-  return Placement(_mesh(devices, "runs"), data_parallel=False)
+def over_runs(devices: Sequence[jax.Device] | None = None, one_at_a_time: bool = False) -> Placement:
+  return Placement(_mesh(devices, "runs"), data_parallel=False, one_at_a_time=one_at_a_time)
 
 
 def over_data(devices: Sequence[jax.Device] | None = None) -> Placement:

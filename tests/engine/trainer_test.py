@@ -18,7 +18,8 @@ from icl_theory.regression import experiment as lsa_regression
 
 def _setup(steps=40, learning_rate=0.01, **fields):
   config = lsa_config.get_config()
-  config.update(d=2, n=4, batch_size=64, steps=steps, warmup_steps=5, learning_rate=learning_rate, **fields)
+  config.update(**{**dict(d=2, n=4, batch_size=64, steps=steps, warmup_steps=5, learning_rate=learning_rate),
+                   **fields})
   task = lsa_regression.validate_config(config)
   optimizer, schedule = trainer.optimizer_from_config(config)
   return lsa_regression.make_objective(task, config), optimizer, schedule, task
@@ -95,8 +96,10 @@ def test_make_optimizer_rejects_unknown_names():
 
 
 @pytest.mark.slow
-def test_group_equals_runs_trained_one_by_one():
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_group_equals_runs_trained_one_by_one(one_at_a_time):
   objective, optimizer, schedule, _ = _setup(steps=60)
+  objective = objective._replace(runs_one_at_a_time=one_at_a_time)  # vmapped, or looped on each device
   settings = trainer.LoopSettings(steps=60, log_every=20, checkpoint_every=0)
   tasks = [lsa_regression.RegressionTask(d=2, n=4, cov_x=cov, noise_std=noise)
            for cov, noise in [("identity", 0.0), ("geometric:5@1", 0.3), ("diag:1,2", 1.0)]]
@@ -110,6 +113,20 @@ def test_group_equals_runs_trained_one_by_one():
     chex.assert_trees_all_close(run_r, alone.state.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose([row["loss"][r] for row in group.history],
                                [row["loss"] for row in alone.history], rtol=1e-5)
+
+
+def test_runs_go_one_at_a_time_for_the_fused_loss_from_a_step_size_on_and_only_on_a_cpu():
+  def objective(**fields):
+    return _setup(**fields)[0]
+  # 64 prompts x min(n, d + 1) = 3 columns is below the threshold; 128 x 3 is not.
+  assert lsa_regression.ONE_AT_A_TIME_MIN_WORK == 256
+  assert not objective(batch_size=64).runs_one_at_a_time
+  assert objective(batch_size=128).runs_one_at_a_time
+  assert not objective(batch_size=128, num_layers=2).runs_one_at_a_time      # the einsum path: vmapped
+  assert not objective(batch_size=128, response="relu").runs_one_at_a_time   # the token sampler: vmapped
+  looped = trainer._placement(objective(batch_size=128), None, data_parallel=False)
+  assert looped.one_at_a_time == (jax.devices()[0].platform == "cpu")
+  assert not trainer._placement(objective(batch_size=64), None, data_parallel=False).one_at_a_time
 
 
 def test_a_diverged_run_is_marked_and_the_others_go_on():
