@@ -344,11 +344,58 @@ def sweep(workdir: str, rounds: int = SWEEP_ROUNDS, sequential_samples: int = 3)
           "sequential_commands": [["python", "-m", "icl_theory.main", *args] for args in commands]}
 
 
+def _commit() -> str | None:
+  """The checkout's git commit, where the package runs from one (else None): which code was measured."""
+  try:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
+  except OSError:
+    return None
+  return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+# The fields of `machine()` that must agree for two reports to be one machine's (`join`).
+SAME_MACHINE = ("platform", "device_kind", "num_devices", "cpu_count", "jax")
+
+
 def machine() -> dict[str, Any]:
   device = jax.devices()[0]
   return {"platform": device.platform, "device_kind": device.device_kind, "num_devices": jax.device_count(),
           "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-          "processor": platform.processor() or platform.machine()}
+          "processor": platform.processor() or platform.machine(), "commit": _commit()}
+
+
+def judge(report: dict[str, Any]) -> dict[str, Any]:
+  """`report` with "met": each goal whose figure it holds, met or not."""
+  met = {key: _met(report, key) for key in GOALS if any(key in report[f] for f in FIGURES if f in report)}
+  return {**{k: v for k, v in report.items() if k != "met"}, "met": met}
+
+
+def join(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Reports of one machine, measured in parts (a run cut short by a time limit, then the rest), as one.
+
+  A later report's figure replaces an earlier one's; "parts" records which figures
+  each part measured, on which commit. Raises ValueError for reports of different
+  machines (`SAME_MACHINE`).
+  """
+  if not reports:
+    raise ValueError("join needs at least one report")
+  first = reports[0]["machine"]
+  for report in reports[1:]:
+    differ = [k for k in SAME_MACHINE if report["machine"].get(k) != first.get(k)]
+    if differ:
+      raise ValueError(f"reports of different machines cannot be joined: they differ in {', '.join(differ)}")
+  joined: dict[str, Any] = {"machine": reports[-1]["machine"], "goals": reports[-1]["goals"]}
+  parts = []
+  for report in reports:
+    figures = [f for f in FIGURES if f in report]
+    joined.update({f: report[f] for f in figures})
+    parts.extend(report.get("parts") or [{"figures": figures, "commit": report["machine"].get("commit")}])
+  joined = {"machine": joined["machine"], "goals": joined["goals"],
+            **{f: joined[f] for f in FIGURES if f in joined}}
+  if len(parts) > 1:
+    joined["parts"] = parts
+  return judge(joined)
 
 
 def check_figures(figures: Sequence[str]) -> None:
@@ -358,26 +405,33 @@ def check_figures(figures: Sequence[str]) -> None:
     raise ValueError(f"figures={','.join(unknown)!r} is not allowed: a comma-separated subset of {','.join(FIGURES)}")
 
 
-def run(figures: Sequence[str] = FIGURES, out: str | None = None, sweep_rounds: int = SWEEP_ROUNDS) -> dict[str, Any]:
-  """Measures `figures` (in FIGURES' order) and writes them with the machine and the goals to `out` (atomically)."""
+def run(figures: Sequence[str] = FIGURES, out: str | None = None, sweep_rounds: int = SWEEP_ROUNDS,
+        resume: bool = False) -> dict[str, Any]:
+  """Measures `figures` (in FIGURES' order) and writes them with the machine and the goals to `out` (atomically).
+
+  `resume`: the figures `out` already holds (a run of this machine cut short) are kept, not measured again.
+  """
   check_figures(figures)
   if sweep_rounds < 1:
     raise ValueError(f"sweep_rounds={sweep_rounds} is not allowed: at least 1")
-  report: dict[str, Any] = {"machine": machine(), "goals": {k: f"{op} {v:g}" for k, (op, v) in GOALS.items()}}
+  fresh: dict[str, Any] = {"machine": machine(), "goals": {k: f"{op} {v:g}" for k, (op, v) in GOALS.items()}}
+  earlier = files.read_json(out) if resume and out and os.path.exists(out) else None
+  # With an earlier part: this part's figures joined to it (`join` refuses another machine's).
+  report = lambda: join([earlier, fresh]) if earlier is not None else judge(fresh)
+  report()
   with tempfile.TemporaryDirectory() as workdir:
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "job": functools.partial(job, workdir), "default_run": functools.partial(default_run, workdir),
         "classify_run": functools.partial(classify_run, workdir), "throughput": throughput, "cost": cost,
         "theorem": functools.partial(theorem, workdir), "sweep": functools.partial(sweep, workdir, sweep_rounds)}
-    for name in (f for f in FIGURES if f in figures):
+    for name in (f for f in FIGURES if f in figures and f not in (earlier or {})):
       logging.info("benchmark: measuring %s", name)
-      report[name] = steps[name]()
+      fresh[name] = steps[name]()
       if out:  # a long benchmark keeps what it has measured
-        files.write_json(out, report)
-  report["met"] = {key: _met(report, key) for key in GOALS if any(key in report[f] for f in FIGURES if f in report)}
+        files.write_json(out, report())
   if out:
-    files.write_json(out, report)
-  return report
+    files.write_json(out, report())
+  return report()
 
 
 def _met(report: dict[str, Any], key: str) -> bool:
@@ -430,18 +484,30 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def cli() -> None:
-  """Console script `icl-benchmark` and scripts/benchmark.py: flags --out, --figures and --sweep_rounds."""
+  """Console script `icl-benchmark` and scripts/benchmark.py: flags --out, --figures, --sweep_rounds, --resume, --join."""
   from absl import flags  # the flags live only in this entry point
 
   out = flags.DEFINE_string("out", os.path.join("results", "benchmark.json"), "Where to write the JSON report.")
   chosen = flags.DEFINE_list("figures", list(FIGURES), f"Which figures to measure: a subset of {','.join(FIGURES)}.")
   sweep_rounds = flags.DEFINE_integer("sweep_rounds", SWEEP_ROUNDS, "Alternating rounds of the sweep figure "
                                       f"(the others: {ROUNDS}); about a minute each on 2 CPU cores.")
+  resume = flags.DEFINE_bool("resume", False, "Keep the figures --out already holds (a run of this machine cut "
+                             "short) and measure the others.")
+  parts = flags.DEFINE_list("join", [], "Measure nothing: join these reports of one machine, measured in parts, "
+                            "into --out (a later file's figure wins).")
 
   def main(argv) -> None:
     command_line.only_flags(argv)
     try:
-      report = run(tuple(chosen.value), out.value, sweep_rounds.value)
+      if parts.value:
+        missing = [path for path in parts.value if not os.path.exists(path)]
+        if missing:
+          raise ValueError(f"join={','.join(parts.value)!r} is not allowed: {', '.join(missing)} does not exist")
+        report = join([files.read_json(path) for path in parts.value])
+        if out.value:
+          files.write_json(out.value, report)
+      else:
+        report = run(tuple(chosen.value), out.value, sweep_rounds.value, resume.value)
     except ValueError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)

@@ -117,6 +117,41 @@ def test_job_figure_is_accepted_measured_judged_and_printed(monkeypatch):
   assert "goals met: 1 of 2 (not: job_cold_seconds)" in text
 
 
+def _fake_default_run(workdir, **kwargs):
+  return {"command": ["python", "-m", "icl_theory.main"], **_fake_command_figure("default_run", warm=3.0, cold=5.0)}
+
+
+def test_a_run_cut_short_resumes_with_the_figures_it_kept(monkeypatch, tmp_path):
+  out = str(tmp_path / "report.json")
+  asked = []
+  monkeypatch.setattr(benchmark, "job", lambda workdir, **kw: asked.append("job") or {
+      **_fake_command_figure("job", warm=7.0, cold=9.0)})
+  monkeypatch.setattr(benchmark, "default_run", lambda workdir, **kw: asked.append("default_run") or _fake_default_run(
+      workdir))
+  benchmark.run(("job",), out)                               # the first part: the job only
+  report = benchmark.run(("job", "default_run"), out, resume=True)
+  assert asked == ["job", "default_run"]                     # the job was not measured again
+  assert report["job"]["job_warm_seconds"] == 7.0 and report["default_run"]["default_run_warm_seconds"] == 3.0
+  assert [part["figures"] for part in report["parts"]] == [["job"], ["default_run"]]
+  assert report["met"] == {"job_warm_seconds": False, "job_cold_seconds": True, "default_run_warm_seconds": True}
+  assert benchmark.files.read_json(out) == report
+
+
+def test_join_takes_the_later_figure_and_refuses_another_machine():
+  machine = {"platform": "gpu", "device_kind": "H200", "num_devices": 1, "cpu_count": 16, "jax": "0.11.2",
+             "commit": "abc"}
+  goals = {k: "x" for k in benchmark.GOALS}
+  first = {"machine": machine, "goals": goals, "job": _fake_command_figure("job", warm=7.0, cold=9.0),
+           "default_run": _fake_command_figure("default_run", warm=5.0, cold=6.0)}
+  second = {"machine": machine, "goals": goals, "default_run": _fake_command_figure("default_run", warm=3.0, cold=6.0)}
+  joined = benchmark.join([first, second])
+  assert joined["job"] == first["job"] and joined["default_run"] == second["default_run"]
+  assert joined["met"]["default_run_warm_seconds"] and not joined["met"]["job_warm_seconds"]
+  assert [p["figures"] for p in joined["parts"]] == [["job", "default_run"], ["default_run"]]
+  with pytest.raises(ValueError, match="differ in device_kind"):
+    benchmark.join([first, {**second, "machine": {**machine, "device_kind": "cpu"}}])
+
+
 def test_goals_are_the_issues():
   assert benchmark.GOALS == {
       "job_warm_seconds": ("<=", 6.0), "job_cold_seconds": ("<=", 10.0), "default_run_warm_seconds": ("<=", 4.0),
