@@ -41,6 +41,7 @@ def _run(tree, r):
   return jax.tree.map(lambda x: x[r:r + 1], tree)
 
 
+@pytest.mark.slow  # 2.5 s with a cold compile cache, beside the shared fixture's training
 def test_a_groups_evaluation_is_each_runs_evaluation_alone(trained):
   group, params = trained
   (rows,) = group.evaluate(params)

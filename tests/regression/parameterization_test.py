@@ -72,6 +72,7 @@ def test_bad_combinations_are_config_errors(fields, message):
     lsa_regression.validate_config(_config(**fields))
 
 
+@pytest.mark.slow  # 6 s with a cold compile cache; lsa_fused_test holds the fused path in the fast set
 def test_sparse_one_layer_fused_and_einsum_paths_agree():
   config = _config(parameterization="sparse")
   task = lsa_regression.validate_config(config)
