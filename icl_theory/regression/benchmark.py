@@ -1,6 +1,7 @@
 r"""Speed of the LSA trainer as a user feels it: whole commands, and ratios measured within one run.
 
-    python scripts/benchmark.py [--out=results/benchmark.json] [--figures=job,...] [--sweep_rounds=2]
+    python scripts/benchmark.py [--out=results/benchmark.json] [--figures=job,...] [--sweep_rounds=2] [--resume]
+    python scripts/benchmark.py --join=PART1.json,PART2.json --out=REPORT.json
     icl-benchmark ...   (the same, as a console script)
 
 Every figure is measured in alternating rounds (A B A B ..., `ROUNDS` = 5 of them,
@@ -355,9 +356,11 @@ def _commit() -> str | None:
   try:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
                           cwd=os.path.dirname(os.path.abspath(__file__)))
-  except OSError:
+  except OSError:  # no git
     return None
-  return done.stdout.strip() or None if done.returncode == 0 else None
+  if done.returncode != 0:  # not a checkout
+    return None
+  return done.stdout.strip() or None
 
 
 # The fields of `machine()` that must agree for two reports to be one machine's (`join`).
@@ -391,14 +394,14 @@ def join(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     differ = [k for k in SAME_MACHINE if report["machine"].get(k) != first.get(k)]
     if differ:
       raise ValueError(f"reports of different machines cannot be joined: they differ in {', '.join(differ)}")
-  joined: dict[str, Any] = {"machine": reports[-1]["machine"], "goals": reports[-1]["goals"]}
+  measured: dict[str, Any] = {}
   parts = []
   for report in reports:
     figures = [f for f in FIGURES if f in report]
-    joined.update({f: report[f] for f in figures})
+    measured.update({f: report[f] for f in figures})
     parts.extend(report.get("parts") or [{"figures": figures, "commit": report["machine"].get("commit")}])
-  joined = {"machine": joined["machine"], "goals": joined["goals"],
-            **{f: joined[f] for f in FIGURES if f in joined}}
+  joined = {"machine": reports[-1]["machine"], "goals": reports[-1]["goals"],
+            **{f: measured[f] for f in FIGURES if f in measured}}
   if len(parts) > 1:
     joined["parts"] = parts
   return judge(joined)
@@ -422,9 +425,11 @@ def run(figures: Sequence[str] = FIGURES, out: str | None = None, sweep_rounds: 
     raise ValueError(f"sweep_rounds={sweep_rounds} is not allowed: at least 1")
   fresh: dict[str, Any] = {"machine": machine(), "goals": {k: f"{op} {v:g}" for k, (op, v) in GOALS.items()}}
   earlier = files.read_json(out) if resume and out and os.path.exists(out) else None
-  # With an earlier part: this part's figures joined to it (`join` refuses another machine's).
-  report = lambda: join([earlier, fresh]) if earlier is not None else judge(fresh)
-  report()
+
+  def report() -> dict[str, Any]:  # what is measured so far, joined to the earlier part if any
+    return join([earlier, fresh]) if earlier is not None else judge(fresh)
+
+  report()  # an earlier part of another machine is refused here, before anything is measured
   with tempfile.TemporaryDirectory() as workdir:
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "job": functools.partial(job, workdir), "default_run": functools.partial(default_run, workdir),
