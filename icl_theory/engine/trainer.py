@@ -276,12 +276,11 @@ def _chunk_lengths(start: int, settings: LoopSettings) -> set[int]:
 
 
 def _placement(objective: Objective, devices: Sequence[jax.Device] | None, data_parallel: bool) -> sharding.Placement:
-  if data_parallel:
-    placement = sharding.over_data(devices)
-  else:
+  if not data_parallel:
     on_cpu = all(device.platform == "cpu" for device in (devices or jax.local_devices()))
-    placement = sharding.over_runs(devices, one_at_a_time=objective.runs_one_at_a_time and on_cpu)
-  if data_parallel and objective.batch_size % placement.num_devices:
+    return sharding.over_runs(devices, one_at_a_time=objective.runs_one_at_a_time and on_cpu)
+  placement = sharding.over_data(devices)
+  if objective.batch_size % placement.num_devices:
     raise ConfigError(f"batch_size={objective.batch_size} is not allowed: data-parallel training splits it over "
                       f"{placement.num_devices} devices, so a multiple of {placement.num_devices}")
   return placement

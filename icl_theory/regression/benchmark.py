@@ -440,9 +440,10 @@ def run(figures: Sequence[str] = FIGURES, out: str | None = None, sweep_rounds: 
       fresh[name] = steps[name]()
       if out:  # a long benchmark keeps what it has measured
         files.write_json(out, report())
+  final = report()
   if out:
-    files.write_json(out, report())
-  return report()
+    files.write_json(out, final)
+  return final
 
 
 def _met(report: dict[str, Any], key: str) -> bool:

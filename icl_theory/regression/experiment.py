@@ -129,6 +129,11 @@ def uses_wishart(response: str, sampler: str) -> bool:
   return sampler == "wishart" or (sampler == "auto" and response in GAUSSIAN_RESPONSES)
 
 
+def sampler_columns(response: str, sampler: str, n: int, d: int) -> int:
+  """Columns a prompt is drawn as: Bartlett's factor's min(n, d + 1) for the Wishart sampler, else n + 1 tokens."""
+  return min(n, d + 1) if uses_wishart(response, sampler) else n + 1
+
+
 def freeze_vanishing(params: Any) -> Any:
   """Each layer with p_x and q21 (the last row's first d entries of W_PV and W_KQ) held at 0.
 
@@ -234,7 +239,8 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   def integrated_query_loss(params, key, task):
     return query_integrated_loss(params, sample_contexts(key, task, batch_size, antithetic), task)
 
-  if uses_wishart(task.response, config.sampler):
+  wishart = uses_wishart(task.response, config.sampler)
+  if wishart:
     loss = wishart_loss
   elif config.sampler == "integrated_query":
     loss = integrated_query_loss
@@ -251,8 +257,9 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
   precondition = None
   if config.get("preconditioner", "none") == "curvature":
     precondition = curvature_preconditioner(config.get("preconditioner_power", 0.5))
-  one_at_a_time = (uses_wishart(task.response, config.sampler) and fused and lsa_fused.supports(task, config.num_layers)
-                   and batch_size * min(task.n, task.d + 1) >= ONE_AT_A_TIME_MIN_WORK)
+  one_at_a_time = (wishart and fused and lsa_fused.supports(task, config.num_layers)
+                   and batch_size * sampler_columns(task.response, config.sampler, task.n, task.d)
+                   >= ONE_AT_A_TIME_MIN_WORK)
   return trainer.Objective(init=init, loss=loss, batch_size=batch_size, precondition=precondition,
                            runs_one_at_a_time=one_at_a_time)
 
@@ -336,7 +343,9 @@ METRICS = ("gamma_rel_error", "gamma_cosine", "learned_risk", "model_risk_mc", "
 # over one CPU device per core. Measured on 2 cores, training time on 1 against 2 devices: 3000 steps of
 # 2048 prompts at d = n = 10 (20480) 4.1-4.5 s against 3.5 s; four sparse layers, 1024 prompts at n = 20
 # (24576) 15.7 s against 9.3 s; the default run (6144) 0.57 s against 0.56 s; 256 prompts (1536)
-# 0.44 s against 0.76 s. Below this a step is too short for the split to pay.
+# 0.44 s against 0.76 s. Below this a step is too short for the split to pay. Since a single run's step
+# has no run axis (`sharding.vmap_runs`), the job trains as fast either way (whole commands, 1 device
+# against 2: 0.98) while four sparse layers still gain 1.8x (17.7-19.0 s against 9.8-10.7 s).
 DATA_PARALLEL_MIN_WORK = 16_384
 # A group's runs train one after another on each CPU device (`trainer.Objective.runs_one_at_a_time`)
 # where they take the fused one-layer loss and a step draws at least this many prompt-columns. Measured
@@ -377,15 +386,15 @@ class LSARegression(experiment.Experiment):
 
   def cost(self, config):
     """The columns its sampler draws per prompt, times the layers (from the config alone: no JAX)."""
-    columns = min(config.n, config.d + 1) if uses_wishart(config.response, config.sampler) else config.n + 1
-    return float(columns * config.num_layers)
+    return float(sampler_columns(config.response, config.sampler, config.n, config.d) * config.num_layers)
 
   def splits_over_cpu_cores(self, config):
     """A step of at least DATA_PARALLEL_MIN_WORK prompt-columns (batch_size x `cost`) trains split over the cores."""
     return int(config.batch_size) * self.cost(config) >= DATA_PARALLEL_MIN_WORK
 
   def objective(self, task, config, num_runs):
-    # The fused loss also vmaps over a group's runs: the default 60-run sweep takes 35 s instead of 39.
+    # A sweep's groups train the fused loss too: the default 60-run sweep took 35 s instead of the einsum
+    # path's 39 s vmapped, and 31 s cold looped per CPU device (`make_objective`'s runs_one_at_a_time).
     return make_objective(task, config, fused=True)
 
   def reference(self, task, config):

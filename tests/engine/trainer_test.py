@@ -118,8 +118,8 @@ def test_group_equals_runs_trained_one_by_one(one_at_a_time):
 def test_runs_go_one_at_a_time_for_the_fused_loss_from_a_step_size_on_and_only_on_a_cpu():
   def objective(**fields):
     return _setup(**fields)[0]
-  # 64 prompts x min(n, d + 1) = 3 columns is below the threshold; 128 x 3 is not.
-  assert lsa_regression.ONE_AT_A_TIME_MIN_WORK == 256
+  # d = 2, n = 4: min(n, d + 1) = 3 columns a prompt; 64 prompts fall below the threshold, 128 reach it.
+  assert 64 * 3 < lsa_regression.ONE_AT_A_TIME_MIN_WORK <= 128 * 3
   assert not objective(batch_size=64).runs_one_at_a_time
   assert objective(batch_size=128).runs_one_at_a_time
   assert not objective(batch_size=128, num_layers=2).runs_one_at_a_time      # the einsum path: vmapped
