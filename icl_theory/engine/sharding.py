@@ -205,18 +205,22 @@ class Placement:
   def num_devices(self) -> int:
     return self.mesh.size
 
+  @property
+  def devices(self) -> list[jax.Device]:
+    return list(self.mesh.devices.flat)
+
   def place(self, tree: Any) -> Any:
     """Puts host arrays with a leading run axis on the devices (over runs: padded to the device count)."""
     if self.data_parallel:
       return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
-    return shard_runs(tree, list(self.mesh.devices.flat))[0]
+    return shard_runs(tree, self.devices)[0]
 
   def shapes(self, tree: Any) -> Any:
     """What `place(tree)` would give, as `jax.ShapeDtypeStruct`s: for compiling ahead of the data."""
     if self.data_parallel:
       replicated = NamedSharding(self.mesh, PartitionSpec())
       return jax.tree.map(lambda x: jax.ShapeDtypeStruct(*_shape_and_dtype(x), sharding=replicated), tree)
-    return run_shapes(tree, list(self.mesh.devices.flat))
+    return run_shapes(tree, self.devices)
 
   def map(self, fn: Callable) -> Callable:
     """`fn` on one run's arguments -> the same over the run axis, laid out by this placement."""

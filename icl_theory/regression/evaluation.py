@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_theory.engine import precision
+from icl_theory.engine import compiling, precision
 from icl_theory.regression import baselines, theory
 from icl_theory.engine import sharding
 from icl_theory.regression import lsa, multistep
@@ -233,23 +233,14 @@ def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.
   return jax.tree.map(lambda x: np.asarray(x)[keep], tasks), np.array(index)
 
 
-# XLA:CPU options for the evaluation's programs, which run once: without the fusion emitters they
-# compile markedly faster and run about as fast (results/README.md has the measurement).
-_CPU_EVALUATION_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
-
 def _compile_per_run(fn: Any, arg_shapes: tuple, devices: tuple[jax.Device, ...]) -> jax.stages.Compiled:
-  """`fn` (one run's arguments -> outputs) over the runs of `arg_shapes`, compiled for `devices`, one run at a time."""
+  """`fn` (one run's arguments -> outputs) over the runs of `arg_shapes`, compiled for `devices`, one run at a time.
+
+  These programs run once: compiled without XLA:CPU's fusion emitters (`engine.compiling`).
+  """
   lowered = jax.jit(sharding.per_run(fn, sharding.run_sharding(devices), one_at_a_time=True)).lower(
       *sharding.run_shapes(arg_shapes, devices))
-  if devices[0].platform != "cpu":
-    return lowered.compile()
-  try:
-    return lowered.compile(compiler_options=_CPU_EVALUATION_OPTIONS)
-  except jax.errors.JaxRuntimeError as error:  # an XLA that no longer has the option: its defaults
-    if "No such compile option" not in str(error):
-      raise
-    return lowered.compile()
+  return compiling.compile_lowered(lowered, devices, compiling.FAST_CPU_COMPILE)
 
 
 @dataclasses.dataclass(frozen=True)
