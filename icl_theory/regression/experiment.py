@@ -219,8 +219,10 @@ def make_objective(task: RegressionTask, config: ml_collections.ConfigDict, fuse
                   p_y_init=p_y_init(config))
   batch_size = config.batch_size
   antithetic = config.get("antithetic", False)
-  shapes = jax.eval_shape(lambda key: sample_prompts(key, task, 1), jax.random.PRNGKey(0))
-  dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # shapes only: nothing to compile
+  # A dummy prompt for the shapes `init` traces: host zeros, as eager jnp.zeros would compile a
+  # program per shape (0.1 s of each sweep group's set-up).
+  shapes = jax.eval_shape(lambda key: sample_prompts(key, task, 1), jax.ShapeDtypeStruct((2,), jnp.uint32))
+  dummy = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
   def init(key):
     return model.init(key, dummy.x, dummy.y, dummy.x_query)["params"]
