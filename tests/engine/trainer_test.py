@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_theory.engine import files, trainer
+from icl_theory.engine import compiling, files, trainer
 from icl_theory.configs import lsa as lsa_config
 from icl_theory.regression import experiment as lsa_regression
 
@@ -127,6 +127,22 @@ def test_runs_go_one_at_a_time_for_the_fused_loss_from_a_step_size_on_and_only_o
   looped = trainer._placement(objective(batch_size=128), None, data_parallel=False)
   assert looped.one_at_a_time == (jax.devices()[0].platform == "cpu")
   assert not trainer._placement(objective(batch_size=64), None, data_parallel=False).one_at_a_time
+
+
+def test_a_device_looping_over_several_runs_compiles_its_chunk_without_fusion_emitters(monkeypatch):
+  seen = []  # the options each chunk is compiled with (not compiled: only the choice is under test)
+  monkeypatch.setattr(compiling, "compile_lowered", lambda lowered, devices, options=None: seen.append(options))
+  objective, optimizer, _, task = _setup(batch_size=128)
+  settings = trainer.LoopSettings(steps=10, log_every=10, checkpoint_every=0)
+  on_cpu = jax.devices()[0].platform == "cpu"
+  for num_runs, looped, expected in [(3, True, compiling.FAST_CPU_COMPILE if on_cpu else None),
+                                     (1, True, None),    # one run a device: a single run's program
+                                     (3, False, None)]:  # vmapped
+    seen.clear()
+    tasks = jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_runs), task)
+    trainer.compile_group(objective._replace(runs_one_at_a_time=looped), optimizer, settings, num_runs, tasks,
+                          devices=jax.devices()[:1])
+    assert seen == [expected], (num_runs, looped, seen)
 
 
 def test_a_diverged_run_is_marked_and_the_others_go_on():
