@@ -93,20 +93,19 @@ class Group:
                                   jax.ShapeDtypeStruct((len(self.configs), 2), np.uint32))
     return precision.scoped(self.experiment.compile_evaluation)(param_shapes, self.tasks, configs, self.eval_devices)
 
-  def compile(self, executor: concurrent.futures.Executor, training_here: bool = False,
-              eval_configs: Sequence[ml_collections.ConfigDict] | None = None) -> None:
-    """Compiles the training and evaluation programs on `executor`'s thread (compiling runs nothing).
-
-    `training_here`: the training programs compile on this thread instead, while the
-    executor starts on the evaluation (the first group's: nothing else could run yet).
-    `eval_configs`: the configs of the first evaluation point (default: the runs' own).
-    """
-    if not training_here:
-      self.training = executor.submit(self._compile_training)
-    self.evaluation = executor.submit(self._compile_evaluation, list(eval_configs or self.configs))
-    if training_here:
+  def compile_training(self, executor: concurrent.futures.Executor | None = None) -> None:
+    """Compiles the training programs on `executor`'s thread (compiling runs nothing); None: here, now."""
+    if executor is None:
       self.training = concurrent.futures.Future()
       self.training.set_result(self._compile_training())
+    else:
+      self.training = executor.submit(self._compile_training)
+
+  def compile_evaluation(self, executor: concurrent.futures.Executor,
+                         eval_configs: Sequence[ml_collections.ConfigDict] | None = None) -> None:
+    """Compiles the evaluation programs on `executor`'s thread, for the configs of the first evaluation point
+    (default: the runs' own)."""
+    self.evaluation = executor.submit(self._compile_evaluation, list(eval_configs or self.configs))
 
   def fit(self, workdir: str | None, stop_on_divergence: bool = False) -> trainer.FitResult:
     """Trains the runs (resuming from `workdir`'s checkpoint); leaves have a leading run axis."""
