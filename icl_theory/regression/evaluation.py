@@ -233,14 +233,23 @@ def _distinct(tasks: RegressionTask, num_runs: int) -> tuple[RegressionTask, np.
   return jax.tree.map(lambda x: np.asarray(x)[keep], tasks), np.array(index)
 
 
-def _compile_per_run(fn: Any, arg_shapes: tuple, devices: tuple[jax.Device, ...]) -> jax.stages.Compiled:
+# From this many context pairs, `compare`'s Monte Carlo loop over token prompts runs about twice as
+# fast with XLA:CPU's fusion emitters (their sampler's code), which outweighs their 0.65 CPU-s more
+# compilation (12 runs of 20k prompts, d = 5: 1.96 -> 0.85 CPU-s to run at n = 32, 3.55 -> 1.61 at
+# n = 64; at n = 16, 1.24 -> 0.54, about what the compilation costs). Everything else compiles
+# without them (`engine.compiling`).
+_EMITTERS_MIN_CONTEXT = 32
+
+
+def _compile_per_run(fn: Any, arg_shapes: tuple, devices: tuple[jax.Device, ...],
+                     fast_compile: bool = True) -> jax.stages.Compiled:
   """`fn` (one run's arguments -> outputs) over the runs of `arg_shapes`, compiled for `devices`, one run at a time.
 
-  These programs run once: compiled without XLA:CPU's fusion emitters (`engine.compiling`).
+  These programs run once: `fast_compile` compiles them without XLA:CPU's fusion emitters.
   """
   lowered = jax.jit(sharding.per_run(fn, sharding.run_sharding(devices), one_at_a_time=True)).lower(
       *sharding.run_shapes(arg_shapes, devices))
-  return compiling.compile_lowered(lowered, devices, compiling.FAST_CPU_COMPILE)
+  return compiling.compile_lowered(lowered, devices, compiling.FAST_CPU_COMPILE if fast_compile else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +290,8 @@ def compile_evaluation(param_shapes: Any, tasks: RegressionTask, num_samples: in
   if key_shapes is None:
     key_shapes = jax.ShapeDtypeStruct((num_runs, 2), jnp.uint32)
   compare = _compile_per_run(lambda p, t, g, k: _compare_arrays(p, t, g, k, num_samples),
-                             (param_shapes, tasks, gamma_shapes, key_shapes), devices)
+                             (param_shapes, tasks, gamma_shapes, key_shapes), devices,
+                             fast_compile=tasks.n < _EMITTERS_MIN_CONTEXT)
   return EvaluationPrograms(tasks, distinct, index, devices, reference, compare)
 
 
