@@ -4,7 +4,9 @@ XLA:CPU's fusion emitters generate the code of its fused loops by default. Witho
 them, some of the engine's programs compile in about 60% of the CPU time and run as
 fast or faster (README: Performance has the measurements):
 
-- an evaluation's Monte Carlo programs, which run once;
+- an evaluation's Monte Carlo programs, which run once (but the regression's `compare`
+  at `n >= 32`, whose sampler-bound loop runs twice as fast with them:
+  regression/evaluation.py);
 - a sweep group's training chunk where each device loops over several runs
   (`sharding.Placement.one_at_a_time`): 0.9-1.2 instead of 1.5-2.0 CPU-seconds to
   compile, and steps as fast or up to 20% faster (the default sweep's groups: 12 runs
