@@ -57,6 +57,7 @@ def test_a_groups_evaluation_is_each_runs_evaluation_alone(trained):
   assert rows[0]["large_neurons_cos_mean_idr"] is not None
 
 
+@pytest.mark.slow  # 5-8 s cold; the fast set evaluates the same group (test_an_s1_point..., test_details...)
 def test_headline_is_the_evaluator_on_the_runs_task_and_its_seeds_evaluation_key(trained):
   """The numbers of the old `classification.evaluate`: the run's own task, keys fold_in(eval_key(seed), domain)."""
   group, params = trained

@@ -23,25 +23,24 @@ def model_and_params():
   return model, model.init(jax.random.PRNGKey(1), *_inputs())
 
 
-class TransformerTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_shapes_and_attention_is_a_distribution_over_the_contexts(self):
-    model = Transformer(**_SMALL)
-    context, query = _inputs()
-    params = model.init(jax.random.PRNGKey(1), context, query)
-    (output, attention), state = self.variant(
-        lambda p, c, q: model.apply(p, c, q, mutable=["intermediates"]))(params, context, query)
-    chex.assert_shape(output, (_B,))
-    chex.assert_shape(attention, (_B, _L))
-    chex.assert_tree_all_finite((output, attention))
-    np.testing.assert_allclose(attention.sum(-1), 1.0, rtol=1e-5)
-    # Every layer's per-head query attention is kept; the returned one is the last layer's head mean.
-    layers = state["intermediates"]
-    assert sorted(layers) == ["attention_layer0", "attention_layer1"]
-    last, = layers["attention_layer1"]
-    chex.assert_shape(last, (_B, _SMALL["num_heads"], _L))
-    np.testing.assert_allclose(last.mean(1), attention, rtol=1e-6)
+# Jitted, the GPT compiles for 4.5 s cold: the fast set runs it eagerly (run_test's slow GPT run trains it jitted).
+@pytest.mark.parametrize("jit", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_shapes_and_attention_is_a_distribution_over_the_contexts(jit):
+  model = Transformer(**_SMALL)
+  context, query = _inputs()
+  params = model.init(jax.random.PRNGKey(1), context, query)
+  apply = lambda p, c, q: model.apply(p, c, q, mutable=["intermediates"])
+  (output, attention), state = (jax.jit(apply) if jit else apply)(params, context, query)
+  chex.assert_shape(output, (_B,))
+  chex.assert_shape(attention, (_B, _L))
+  chex.assert_tree_all_finite((output, attention))
+  np.testing.assert_allclose(attention.sum(-1), 1.0, rtol=1e-5)
+  # Every layer's per-head query attention is kept; the returned one is the last layer's head mean.
+  layers = state["intermediates"]
+  assert sorted(layers) == ["attention_layer0", "attention_layer1"]
+  last, = layers["attention_layer1"]
+  chex.assert_shape(last, (_B, _SMALL["num_heads"], _L))
+  np.testing.assert_allclose(last.mean(1), attention, rtol=1e-6)
 
 
 def test_the_mask_lets_no_token_attend_to_the_query():
