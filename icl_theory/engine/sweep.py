@@ -26,7 +26,7 @@ import importlib
 import itertools
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -213,24 +213,22 @@ def group_rows(group: Group, runs: Sequence[GridRun], points: Sequence[dict[str,
   return rows
 
 
-def _train_group(group: Group, runs: list[GridRun], points: list[dict[str, Any]], group_dir: str,
-                 before_evaluation: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-  """Trains (or, if trained before, only re-evaluates) one group; writes its params and rows; returns its rows.
-
-  `before_evaluation` is called once the group is trained, before it is evaluated.
-  """
+def _trained(group: Group, group_dir: str) -> tuple[Any, list[dict[str, Any]]]:
+  """One group's parameters and training figures: trained now (params written), or read back if trained before."""
   params_path = os.path.join(group_dir, workdirs.PARAMS_FILE)
   rows_path = os.path.join(group_dir, ROWS_FILE)
   if os.path.exists(rows_path) and os.path.exists(params_path):
-    params, training = workdirs.load_params(params_path), files.read_json(rows_path)["training"]
-  else:
-    result = group.fit(group_dir)
-    params, training = result.state.params, training_figures(group, result)
-    workdirs.save_params(params_path, params)
-  if before_evaluation is not None:
-    before_evaluation()
+    return workdirs.load_params(params_path), files.read_json(rows_path)["training"]
+  result = group.fit(group_dir)
+  workdirs.save_params(params_path, result.state.params)
+  return result.state.params, training_figures(group, result)
+
+
+def _evaluated(group: Group, runs: list[GridRun], points: list[dict[str, Any]], group_dir: str, params: Any,
+               training: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One trained group's rows at every evaluation point, written to its rows.json."""
   rows = group_rows(group, runs, points, params, training)
-  files.write_json(rows_path, {"eval_points": points, "training": training, "rows": rows})
+  files.write_json(os.path.join(group_dir, ROWS_FILE), {"eval_points": points, "training": training, "rows": rows})
   return rows
 
 
@@ -302,8 +300,10 @@ def _sweep_locked(experiment: Experiment, config: ml_collections.ConfigDict, wor
       else:  # the figures' matplotlib (0.35 s to import), on the thread while the last group runs
         compiler.submit(importlib.import_module, "icl_theory.engine.plotting")
       group_dir = os.path.dirname(_rows_path(workdir, names[key]))
-      ahead = None if following is None else lambda: following.compile_evaluation(compiler, first_point(following))
-      rows_by_group[key] = _train_group(job, groups[key], points, group_dir, before_evaluation=ahead)
+      params, training = _trained(job, group_dir)
+      if following is not None:
+        following.compile_evaluation(compiler, first_point(following))
+      rows_by_group[key] = _evaluated(job, groups[key], points, group_dir, params, training)
       trained += len(groups[key])
       elapsed = time.perf_counter() - t_start
       left = sum(len(groups[g]) for g in mine) - trained
