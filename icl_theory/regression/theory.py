@@ -149,11 +149,14 @@ def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_va
   X L = U diag(s) V^T: along a seen direction (s > 0) the mean is s/(s^2+sigma^2) u^T y
   and the variance sigma^2/(s^2+sigma^2); unseen directions keep the prior. The SVD
   (not the Gram matrix, whose condition number is squared) keeps sigma = 0 with
-  n close to d exact in float32. A long context (n > d) is first reduced to the
-  d x d triangle R of X L = Q R, which has X L's singular values and right
-  vectors: batched SVDs of small square matrices are fast, while XLA's GPU SVD
-  of a batch of tall ones loops over the batch. Q stays unformed (the QR of
-  [X L, y] carries Q^T y): a formed Q put a LAPACK call inside several Monte
+  n close to d exact in float32. The covariance is assembled from those variances,
+  V diag(sigma^2/(s^2+sigma^2), ..., 1, ...) V^T, never as I - V diag(s^2/(s^2+sigma^2)) V^T:
+  that subtraction cancels where s^2 >> sigma^2 (it biased the Bayes risk by 0.1%, and
+  single contexts' by up to 4%, at sigma = 0.01, n = 16-64, d = 5). A long context
+  (n > d) is first reduced to the d x d triangle R of X L = Q R, which has X L's
+  singular values and right vectors: batched SVDs of small square matrices are fast,
+  while XLA's GPU SVD of a batch of tall ones loops over the batch. Q stays unformed
+  (the QR of [X L, y] carries Q^T y): a formed Q put a LAPACK call inside several Monte
   Carlo loops of one CPU program, which the CPU runtime cannot run safely.
   """
   chol = jnp.linalg.cholesky(cov_w)
@@ -163,12 +166,15 @@ def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_va
     # The triangle of [X L, y] = Q [[R, Q^T y], [0, *]]: R and y in Q's coordinates, Q never formed.
     r_DxD1 = jnp.linalg.qr(jnp.concatenate([xl_NxD, y_N[:, None]], axis=1), mode="r")[:d]
     xl_NxD, y_N = r_DxD1[:, :d], r_DxD1[:, d]
-  u_NxK, s_K, vt_KxD = jnp.linalg.svd(xl_NxD, full_matrices=False)
+  # All D right vectors: when n < d the last d - n span X L's null space (unseen, prior variance).
+  u_NxK, s_K, vt_DxD = jnp.linalg.svd(xl_NxD, full_matrices=True)
+  k = s_K.shape[0]
   seen = s_K > jnp.finfo(s_K.dtype).eps * max(x_NxD.shape) * s_K.max()
   denom = jnp.where(seen, s_K**2 + noise_var, 1.0)
-  mean_v = vt_KxD.T @ (jnp.where(seen, s_K / denom, 0.0) * (u_NxK.T @ y_N))
-  shrink_K = jnp.where(seen, s_K**2 / denom, 0.0)  # the fraction of prior variance removed
-  cov_v = jnp.eye(d) - (vt_KxD.T * shrink_K) @ vt_KxD
+  mean_v = vt_DxD[:k].T @ (jnp.where(seen, s_K / denom, 0.0) * (u_NxK[:, :k].T @ y_N))
+  # The posterior variance along each right vector, computed as it is, without a cancellation.
+  var_D = jnp.concatenate([jnp.where(seen, noise_var / denom, 1.0), jnp.ones(d - k, s_K.dtype)])
+  cov_v = (vt_DxD.T * var_D) @ vt_DxD
   return chol @ mean_v, chol @ cov_v @ chol.T
 
 
