@@ -1,7 +1,7 @@
 r"""Speed of the LSA trainer against a straightforward implementation, and of the sweep.
 
     python scripts/benchmark.py [--out=results/benchmark.json]
-        [--figures=job,default_run,classify_run,throughput,cost,theorem,sweep] [--sweep_rounds=2] [--resume]
+        [--figures=job,default_run,classify_run,throughput,cost,theorem,sweep] [--sweep_rounds=5] [--resume]
     python scripts/benchmark.py --join=PART1.json,PART2.json --out=REPORT.json
 
 --resume keeps the figures --out already holds (a run cut short) and measures the rest;
