@@ -111,6 +111,36 @@ def test_an_s1_point_equals_a_run_built_with_that_s1(trained):
   assert at_point == built
 
 
+def test_the_evaluator_reuses_the_figures_of_the_same_inputs_only(trained):
+  """A repeated call (the headline's setting is a row of three tables) runs no program; any other input does."""
+  group, params = trained
+  config = group.configs[0]
+  run_params = jax.tree.map(lambda x: np.asarray(x[0]), params)
+  task = classification.build_task(config)
+  evaluator = classification.Evaluator(classification.make_model(config), config.eval_samples)
+  calls = []
+  program = evaluator.program
+
+  def counted(*args):
+    compiled = program(*args)
+    return lambda *inputs: calls.append(args[-1]) or compiled(*inputs)
+
+  evaluator.program = counted
+  key = classification.eval_key(0)
+  first = evaluator(run_params, task, key, 10, 0.5, "unseen", "unseen_task")
+  again = evaluator(jax.tree.map(jnp.asarray, run_params), task, key, 10, 0.5, "unseen", "table")
+  assert calls == ["unseen"] and again == {k.replace("unseen_task", "table"): v for k, v in first.items()}
+  # Another key, setting, domain or task is computed afresh.
+  evaluator(run_params, task, jax.random.fold_in(key, 1), 10, 0.5, "unseen", "unseen_task")
+  evaluator(run_params, task, key, 10, 0.3, "unseen", "unseen_task")
+  evaluator(run_params, task, key, 10, 0.5, "ood", "ood")
+  evaluator(run_params, task.with_ood(OOD_CONSTRUCTIONS[0], 1.5), key, 10, 0.5, "ood", "ood")
+  moved = jax.tree.map(lambda x: x, run_params)
+  moved["W_V"] = moved["W_V"] + np.float32(1e-3)
+  assert evaluator(moved, task, key, 10, 0.5, "unseen", "unseen_task") != first
+  assert calls == ["unseen", "unseen", "unseen", "ood", "ood", "unseen"]
+
+
 def test_details_and_summary_header(trained):
   group, params = trained
   config = group.configs[0]
