@@ -135,7 +135,7 @@ class ClosedFormTest(parameterized.TestCase):
 
   def test_hessian_is_positive_definite(self):
     task = _task()
-    hess = jax.hessian(theory.gamma_risk)(theory.optimal_gamma(task), task).reshape(_D * _D, _D * _D)
+    hess = jax.jit(jax.hessian(theory.gamma_risk))(theory.optimal_gamma(task), task).reshape(_D * _D, _D * _D)
     _, h = _moments64(task)
     expected = 2 * np.kron(_f64(task.cov_x), h)  # d^2 R / dGamma_ij dGamma_kl = 2 Sx_ik H_jl
     np.testing.assert_allclose(hess, expected, atol=100 * _EPS32 * np.abs(expected).max())
