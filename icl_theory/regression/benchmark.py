@@ -84,7 +84,7 @@ GOALS = {"job_warm_seconds": ("<=", 6.0), "job_cold_seconds": ("<=", 10.0),
          "default_run_warm_seconds": ("<=", 4.0), "classify_run_warm_seconds": ("<=", 12.0),
          "throughput_ratio_vs_reference": (">=", 12.0), "cost_ratio_n1000_vs_n10": ("<=", 1.5),
          "time_to_theorem_seconds": ("<=", 15.0), "sweep_overhead_ratio": ("<=", 1.1)}
-ROUNDS = 5          # alternating rounds of every figure but the sweep
+ROUNDS = 5          # alternating rounds of every figure but the sweep (its own: --sweep_rounds)
 SWEEP_ROUNDS = 5    # the sweep's default (--sweep_rounds): a round takes about 70 s on 2 CPU cores
 # The parts of a whole command's wall time (`process_parts`).
 PARTS = ("startup_exit", "compile", "train", "eval", "rest")
@@ -329,11 +329,11 @@ def sweep(workdir: str, rounds: int = SWEEP_ROUNDS, sequential_samples: int = 3)
                                       "gamma_mc_samples")}
   commands = [_flags({**base, **runs[index].coordinates()}) for index in picks]
 
-  def sweep_commands() -> dict[str, float]:  # cold on a new cache, then warm on the cache it filled
+  def sweep_commands() -> dict[str, float]:
     cache = _new_dir(workdir, "cache")
-    cold, warm = (_timed_command(["icl_theory.sweep", f"--workdir={_new_dir(workdir, 'sweep')}"], cache)[0]
-                  for _ in range(2))
-    return {"sweep_seconds": cold, "sweep_warm_seconds": warm}
+    command = lambda: _timed_command(["icl_theory.sweep", f"--workdir={_new_dir(workdir, 'sweep')}"], cache)[0]
+    cold = command()  # on a new, empty cache
+    return {"sweep_seconds": cold, "sweep_warm_seconds": command()}  # then on the cache the cold run filled
 
   def single_commands() -> dict[str, float]:
     seconds = [_timed_command(["icl_theory.main", f"--workdir={_new_dir(workdir, 'single')}", *args],
