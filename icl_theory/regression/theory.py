@@ -167,11 +167,12 @@ def bayes_posterior(x_NxD: jax.Array, y_N: jax.Array, cov_w: jax.Array, noise_va
     r_DxD1 = jnp.linalg.qr(jnp.concatenate([xl_NxD, y_N[:, None]], axis=1), mode="r")[:d]
     xl_NxD, y_N = r_DxD1[:, :d], r_DxD1[:, d]
   # All D right vectors: when n < d the last d - n span X L's null space (unseen, prior variance).
-  u_NxK, s_K, vt_DxD = jnp.linalg.svd(xl_NxD, full_matrices=True)
+  # Here K = N <= D (a long context was reduced to its triangle), so U is K x K.
+  u_KxK, s_K, vt_DxD = jnp.linalg.svd(xl_NxD, full_matrices=True)
   k = s_K.shape[0]
   seen = s_K > jnp.finfo(s_K.dtype).eps * max(x_NxD.shape) * s_K.max()
   denom = jnp.where(seen, s_K**2 + noise_var, 1.0)
-  mean_v = vt_DxD[:k].T @ (jnp.where(seen, s_K / denom, 0.0) * (u_NxK[:, :k].T @ y_N))
+  mean_v = vt_DxD[:k].T @ (jnp.where(seen, s_K / denom, 0.0) * (u_KxK.T @ y_N))
   # The posterior variance along each right vector, computed as it is, without a cancellation.
   var_D = jnp.concatenate([jnp.where(seen, noise_var / denom, 1.0), jnp.ones(d - k, s_K.dtype)])
   cov_v = (vt_DxD.T * var_D) @ vt_DxD
