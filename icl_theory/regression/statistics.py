@@ -192,6 +192,18 @@ def factor(stats: ContextStatistics, task: RegressionTask) -> jax.Array:
   return jnp.concatenate([x_dxKxB, y_KxB[None]], axis=0)
 
 
+def covariate_factor(key: jax.Array, task: RegressionTask, batch: int) -> jax.Array:
+  """(d, K, batch): per context a factor C G of its covariates' Gram matrix, X^T X = (C G)(C G)^T in law.
+
+  G G^T ~ Wishart_d(I, n) (Bartlett's factor, or the n Gaussian columns where those
+  cost less), C = chol(cov_x); K = min(n, d) columns. What a function of X^T X alone
+  (the Bayes posterior's covariance) needs of a context, at the cost of n = d.
+  """
+  pattern = factor_pattern(task.d, task.n)
+  g_DxKxB = wishart_factor(wishart_entries(key, task.d, task.n, batch), pattern, task.d)
+  return jnp.einsum("ij,jkb->ikb", jnp.linalg.cholesky(task.cov_x), g_DxKxB)
+
+
 def statistic_matrix(stats: ContextStatistics, task: RegressionTask) -> jax.Array:
   """S = F F^T / n as (B, D, D), batch first like the token path's statistics."""
   f = factor(stats, task)

@@ -74,6 +74,23 @@ def test_wishart_factor_has_the_wishart_first_and_second_moments(dim, dof, bartl
   assert np.abs(_z_scores(products, second)).max() < _Z
 
 
+@pytest.mark.parametrize("n", [3, 5, 12, 40])  # Gaussian columns (n < d), Bartlett by sums, by rejection
+def test_covariate_factor_has_the_gram_matrix_moments_of_the_tokens(n):
+  # F F^T ~ X^T X = sum_i x_i x_i^T: E = n Sx, and the second moments of Wishart_d(Sx, n).
+  task = RegressionTask(d=4, n=n, cov_x="geometric:5@1")
+  num = 40_000
+  f = jax.jit(lambda k: statistics.covariate_factor(k, task, num))(jax.random.PRNGKey(n))
+  assert f.shape == (4, min(n, 4), num)
+  gram_NxDxD = np.asarray(jnp.einsum("ikb,jkb->bij", f, f), np.float64)
+  x = np.asarray(sample_prompts(jax.random.PRNGKey(100 + n), task, num).x, np.float64)
+  tokens_NxDxD = np.einsum("bnd,bne->bde", x, x)
+  entries, products, _, _ = _unique_products(gram_NxDxD)
+  token_entries, token_products, _, _ = _unique_products(tokens_NxDxD)
+  assert np.abs(_z_scores(entries, (n * np.asarray(task.cov_x, np.float64))[np.triu_indices(4)])).max() < _Z
+  assert np.abs(_two_sample_z(products, token_products)).max() < _Z
+  assert np.abs(_two_sample_z(entries, token_entries)).max() < _Z
+
+
 @pytest.mark.parametrize("dof", [1, 2, 3, 10, 11, 20, 21, 1000])  # sums of exponentials up to 20, then rejection
 def test_chi_square_has_the_right_mean_variance_and_skew(dof):
   num = 200_000

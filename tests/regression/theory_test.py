@@ -239,6 +239,20 @@ class MonteCarloTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "n=4 < d \\+ 2"):
       theory.ols_risk(RegressionTask(d=3, n=4, noise_std=1.0))
 
+  @parameterized.parameters((2, 0.5), (_N, 0.1), (30, 0.5))  # the factor's three samplers (see statistics)
+  def test_bayes_risk_matches_the_posteriors_of_token_contexts(self, n: int, noise_std: float):
+    # bayes_risk draws each context as a factor of X^T X; the same risk from the posteriors of
+    # explicit token contexts (other draws) must agree within the combined standard error.
+    task = RegressionTask(d=_D, n=n, cov_x="geometric:5@1", cov_w="geometric:3@2", noise_std=noise_std)
+    estimate = theory.bayes_risk(task, jax.random.PRNGKey(15), 2**15)
+    prompts = sample_prompts(jax.random.PRNGKey(16), task, 2**15)
+    covs = jax.jit(jax.vmap(theory.bayes_posterior, in_axes=(0, 0, None, None)))(
+        prompts.x, prompts.y, task.cov_w, noise_std**2)[1]
+    mean, stderr = _mean_and_stderr(noise_std**2 + np.einsum("de,bed->b", _f64(task.cov_x), _f64(covs)))
+    combined = math.hypot(stderr, float(estimate.stderr))
+    self.assertLess(abs(mean - float(estimate.value)), _Z * combined, (mean, float(estimate.value), combined))
+    self.assertLess(combined, 0.01 * mean)  # resolved to 1%: the check means something
+
   @parameterized.parameters((2, 1.0), (_N, 0.0))
   def test_bayes_risk_noiseless_isotropic_is_exact(self, n: int, expected: float):
     # sigma = 0, Sx = Sw = I: Cov[w | X] projects onto the null space of X, so the risk is
