@@ -103,6 +103,7 @@ def test_b_evaluation_points_change_only_what_they_should(trained):
       assert point[r]["eval_prompts"] == base[r]["eval_prompts"]
 
 
+@pytest.mark.slow  # 3 s cold; the fast set keeps the other evaluation points' checks on the same fixture
 def test_an_s1_point_equals_a_run_built_with_that_s1(trained):
   """A sweep's s1 point and a single run's s1 field give the same row (s1 never enters training)."""
   group, params = trained

@@ -252,6 +252,7 @@ class StepSizeSearchTest(absltest.TestCase):
     eta = float(theory.optimal_gd_lr(task))
     self.assertLess(abs(lr_min - eta), _Z * stderr, (lr_min, eta, stderr))
 
+  @pytest.mark.slow  # 2.7 s cold; the search's own-curve test above stays in the fast set
   def test_search_beats_a_dense_grid_on_the_same_prompts(self):
     task, key, steps = _task(d=_D, n=8, cov_x="identity", cov_w="identity"), jax.random.PRNGKey(13), 3
     found = baselines.best_multi_step_gd_lr(task, key, steps, _MC)

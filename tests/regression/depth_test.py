@@ -45,6 +45,7 @@ def test_with_b_the_layers_leave_gd_and_the_prediction_says_so():
   assert gap > 1e-6
 
 
+@pytest.mark.slow  # 2.4 s cold
 def test_layer_preconditioners_recover_a_multiple_of_the_inverse_covariance():
   params, _ = _sparse_params(1, 3, jax.random.PRNGKey(0))
   cov = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.5]])

@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from icl_theory.regression import task as regression
 from icl_theory.regression.task import RESPONSES, RegressionTask, sample_prompts
@@ -182,6 +183,7 @@ class StatisticsTest(parameterized.TestCase):
     scale = np.abs(y_BxT).max() * np.linalg.cond(x_BxTxD[:, :task.d]).max()
     self.assertLess(np.abs(residual).max(), 100 * np.finfo(np.float32).eps * scale)
 
+  @pytest.mark.slow  # 2.5 s cold
   def test_abs_response_is_uncorrelated_with_x(self):
     task = RegressionTask(d=_D, n=_N, cov_x="geometric:10@4", noise_std=0.3, response="abs")
     prompts = _sample(jax.random.PRNGKey(6), task, _BATCH)
