@@ -385,7 +385,7 @@ def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, 
   kappa_T = (2.0 * u_Tx3[:, 1] - 1.0) * task.kappa_max
   nu_T = _uniform_index(u_Tx3[:, 2], irrelevant_IxD.shape[0])
   # The contexts and the query are built apart: one (l + 1, D) array sliced into both made
-  # XLA copy the batch's contexts, half the sampler's time (B = 16384, l = 20, D = 30).
+  # XLA copy the batch's contexts out of it.
   x_LxD = (relevant_RxD[jnp.where(same_pattern_L, own, other)]
            + kappa_T[:prompt_len, None] * irrelevant_IxD[nu_T[:prompt_len]])
   x_query_D = relevant_RxD[own] + kappa_T[prompt_len] * irrelevant_IxD[nu_T[prompt_len]]

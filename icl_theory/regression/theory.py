@@ -93,16 +93,19 @@ def optimal_gd_lr(task: RegressionTask) -> jax.Array:
 # Monte Carlo: sums accumulated over fixed-size chunks of prompts, in one compiled loop.
 
 
-def mc_sums(key: jax.Array, task: RegressionTask, num_samples: int, stats_fn):
-  """Sums of stats_fn(prompts) over ceil(num_samples / chunk) chunks; returns (sums, count)."""
+def mc_sums(key: jax.Array, task: RegressionTask, num_samples: int, stats_fn, sample=sample_prompts):
+  """Sums of stats_fn(sample(key_i, task, chunk)) over ceil(num_samples / chunk) chunks; returns (sums, count).
+
+  `sample` draws a chunk of contexts: token prompts by default, or any sampler of that signature
+  (`bayes_risk` draws only the covariates' Gram factor).
+  """
   chunk = min(_CHUNK, num_samples)
   num_chunks = -(-num_samples // chunk)
 
   def body(total, i):
-    prompts = sample_prompts(jax.random.fold_in(key, i), task, chunk)
-    return jax.tree.map(jnp.add, total, stats_fn(prompts)), None
+    return jax.tree.map(jnp.add, total, stats_fn(sample(jax.random.fold_in(key, i), task, chunk))), None
 
-  shapes = jax.eval_shape(lambda k: stats_fn(sample_prompts(k, task, chunk)), key)
+  shapes = jax.eval_shape(lambda k: stats_fn(sample(k, task, chunk)), key)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   total, _ = jax.lax.scan(body, zeros, jnp.arange(num_chunks))
   return total, num_chunks * chunk
@@ -203,23 +206,20 @@ def bayes_risk(task: RegressionTask, key: jax.Array, num_samples: int) -> Estima
 
   Cov[w | X] depends on the context through X^T X alone, so each context is drawn as
   the (K, d) factor of X^T X that `statistics.covariate_factor` samples, K = min(n, d):
-  exact in law, and at any n as cheap as at n = d (drawing the n x d tokens and
-  reducing them cost 2.6x more at n = 64, d = 5).
+  exact in law, and at any n as cheap as at n = d (the n x d tokens, and their QR, grow with n).
   """
   _require_gaussian(task, "bayes_risk")
   noise_var = task.noise_std**2
   posterior_cov = lambda xt_DxK: bayes_posterior(xt_DxK.T, jnp.zeros(xt_DxK.shape[1]), task.cov_w, noise_var)[1]
 
-  def body(total, i):
-    covs = jax.vmap(posterior_cov, in_axes=2)(statistics.covariate_factor(jax.random.fold_in(key, i), task, chunk))
+  def stats(xt_DxKxB):
+    covs = jax.vmap(posterior_cov, in_axes=2)(xt_DxKxB)
     # tr(Sx Cov) >= 0 for a PSD posterior covariance; clip the float round-off below 0.
     r_B = noise_var + jnp.maximum(jnp.einsum("de,bed->b", task.cov_x, covs), 0.0)
-    return jax.tree.map(jnp.add, total, (r_B.sum(), (r_B**2).sum())), None
+    return r_B.sum(), (r_B**2).sum()
 
-  chunk = min(_CHUNK, num_samples)
-  num_chunks = -(-num_samples // chunk)
-  (s, s2), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), jnp.arange(num_chunks))
-  return mean_and_stderr(s, s2, num_chunks * chunk)
+  (s, s2), count = mc_sums(key, task, num_samples, stats, sample=statistics.covariate_factor)
+  return mean_and_stderr(s, s2, count)
 
 
 @precision.scoped
