@@ -56,3 +56,18 @@ def test_a_real_program_compiled_fast_gives_the_same_values():
   lowered = jax.jit(fn).lower(x)
   fast = compiling.compile_lowered(lowered, jax.devices(), compiling.FAST_CPU_COMPILE)
   np.testing.assert_allclose(fast(x), jax.jit(fn)(x), rtol=1e-6, atol=1e-6)
+
+
+def test_serial_codegen_adds_its_flag_once_and_keeps_the_users(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  assert compiling.serial_cpu_codegen()
+  assert compiling.os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
+                                               "--xla_cpu_parallel_codegen_split_count=1")
+  assert not compiling.serial_cpu_codegen()  # already there: unchanged
+  assert compiling.os.environ["XLA_FLAGS"].count("split_count") == 1
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_parallel_codegen_split_count=8")
+  assert not compiling.serial_cpu_codegen()
+  assert compiling.os.environ["XLA_FLAGS"] == "--xla_cpu_parallel_codegen_split_count=8"
+  monkeypatch.delenv("XLA_FLAGS")
+  assert compiling.serial_cpu_codegen()
+  assert compiling.os.environ["XLA_FLAGS"] == "--xla_cpu_parallel_codegen_split_count=1"
