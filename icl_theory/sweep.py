@@ -44,6 +44,7 @@ def main(argv) -> None:
   try:
     sharding.use_cpu_cores()  # before JAX starts: one CPU device per core, the runs of a group split over them
     compiling.serial_cpu_codegen()  # and code generated on one thread: the cores are busy training meanwhile
+    compile_cache.enable()  # before validation, which may run eager programs (the classifier's patterns)
     experiment = experiments.of(_CONFIG.value)
     sweep.validate_sweep_config(experiment, _CONFIG.value)  # bad fields fail here, before any process connects
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
@@ -51,7 +52,6 @@ def main(argv) -> None:
       raise ConfigError("workdir=None is not allowed with several processes: give every process the same "
                         "--workdir on a file system they share")
     workdir = _WORKDIR.value or workdirs.default_workdir("sweep")
-    compile_cache.enable()
     rows = sweep.sweep(experiment, _CONFIG.value, workdir, overwrite=_OVERWRITE.value)
   except ConfigError as error:
     cli.fail(str(error))
