@@ -42,8 +42,9 @@ from icl_theory.engine.group import eval_key as _engine_eval_key
 from icl_theory.classification import transformer
 from icl_theory.classification.softmax_mlp import SoftmaxMLP, hinge_loss, neuron_weights, output_signs
 from icl_theory.classification.transformer import Transformer
-from icl_theory.classification.task import (OOD_CONSTRUCTIONS, ClassificationTask, check_alpha, num_same,
-                                             outcome_sums, prompt_tokens, sample_prompts, sample_prompts_by_count)
+from icl_theory.classification.task import (DOMAINS, OOD_CONSTRUCTIONS, ClassificationTask, check_alpha, check_domain,
+                                             num_same, outcome_sums, prompt_tokens, sample_prompts,
+                                             sample_prompts_by_count)
 from icl_theory.engine.validation import check_choice, check_float, check_int, fail
 
 # Fields that change only bookkeeping, not the numbers a run produces.
@@ -151,13 +152,18 @@ def eval_key(seed: int) -> jax.Array:
 
 
 class Evaluator:
-  """Monte Carlo errors of one model; one compiled program per (prompt length, domain), reused across alpha and s1.
+  """Monte Carlo errors of one model; one compiled program per prompt length, reused across domains, alpha and s1.
 
-  The programs are compiled ahead of time (`program`; a sweep calls it through
-  `Classification.compile_evaluation` on its compiling thread while another group
-  trains), at the library's float32 precision (`engine.precision`), and run from host
-  copies of the parameters and the task, their chunks of prompts split over the process's
-  devices (`sharding.summed_over_chunks`: every core of a CPU with a device per core).
+  The domain and the count of same-pattern contexts are traced arguments
+  (`sample_prompts_by_count`), so the 50 estimates of a default run take 5 programs,
+  one per test prompt length: the same draws as one program per domain gave, for
+  half the programs to compile (or, warm, to trace, lower and load: 11 of them took
+  1.4 s of a default run's 2.9 s evaluation). The programs are compiled ahead of
+  time (`program`; a sweep calls it through `Classification.compile_evaluation` on
+  its compiling thread while another group trains), at the library's float32
+  precision (`engine.precision`), and run from host copies of the parameters and the
+  task, their chunks of prompts split over the process's devices
+  (`sharding.summed_over_chunks`: every core of a CPU with a device per core).
   """
 
   def __init__(self, model: Model, num_samples: int):
@@ -165,8 +171,8 @@ class Evaluator:
     self.num_chunks = -(-num_samples // self.chunk)
     self.num_samples = self.chunk * self.num_chunks  # rounded up to whole chunks
     self.devices = sharding.chunk_devices(self.num_chunks)  # the chunks are split over them
-    self._sums = jax.jit(functools.partial(self._sums_impl, model), static_argnums=(4, 5))
-    self._programs: dict[tuple, Any] = {}  # (prompt length, domain, the inputs' shapes) -> jax.stages.Compiled
+    self._sums = jax.jit(functools.partial(self._sums_impl, model), static_argnums=(5,))
+    self._programs: dict[tuple, Any] = {}  # (prompt length, the inputs' shapes) -> jax.stages.Compiled
     # The figures of recent calls, by the digest of everything they depend on. A run's headline and its
     # tables ask for some of the same estimates on the same keys (the headline's setting is a row of
     # three tables): 5 of a default run's 50, each 0.1 s of a compute-bound program.
@@ -174,24 +180,26 @@ class Evaluator:
     self._recent_lock = threading.Lock()
 
   def _sums_impl(self, model: Model, params: Any, task: ClassificationTask, key: jax.Array, same: jax.Array,
-                 prompt_len: int, domain: str) -> jax.Array:
+                 domain: jax.Array, prompt_len: int) -> jax.Array:
     def chunk_sums(key, shared):
-      params, task, same = shared
+      params, task, same, domain = shared
       prompts = sample_prompts_by_count(key, task, self.chunk, prompt_len, same, domain)
       return outcome_sums(*model.apply({"params": params}, *prompt_tokens(prompts, task.q)), prompts)
 
-    return sharding.summed_over_chunks(chunk_sums, jax.random.split(key, self.num_chunks), (params, task, same),
-                                       self.devices)
+    return sharding.summed_over_chunks(chunk_sums, jax.random.split(key, self.num_chunks),
+                                       (params, task, same, domain), self.devices)
 
-  def program(self, params: Any, task: ClassificationTask, key: Any, prompt_len: int, domain: str) -> Any:
-    """The compiled sums for inputs of these shapes (arrays or jax.ShapeDtypeStructs): (params, task, key, same)."""
+  def program(self, params: Any, task: ClassificationTask, key: Any, prompt_len: int) -> Any:
+    """The compiled sums for inputs of these shapes (arrays or jax.ShapeDtypeStructs): (params, task, key, same,
+    domain), `domain` the index in DOMAINS."""
     leaves, treedef = jax.tree.flatten((params, task, key))
-    signature = (prompt_len, domain, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in map(_shaped, leaves)))
+    signature = (prompt_len, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in map(_shaped, leaves)))
     program = self._programs.get(signature)
     if program is None:  # two threads may both compile it: the same program, the dict keeps one
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(_shaped(x).shape, _shaped(x).dtype), (params, task, key))
+      scalar = jax.ShapeDtypeStruct((), jnp.int32)
       with precision.context():
-        program = self._sums.lower(*abstract, jax.ShapeDtypeStruct((), jnp.int32), prompt_len, domain).compile()
+        program = self._sums.lower(*abstract, scalar, scalar, prompt_len).compile()
       self._programs[signature] = program
     return program
 
@@ -200,13 +208,15 @@ class Evaluator:
     """`{prefix}_{figure}` for every figure of FIGURES at (prompt_len, alpha): the error, hinge loss and margin of
     F(P) with their standard errors, majority vote's error, the attention on the query's pattern."""
     same = num_same(prompt_len, alpha)
+    check_domain(task, domain)
     params, task, key = jax.device_get((params, task, key))
     digest = self._digest(params, task, key, prompt_len, same, domain)
     with self._recent_lock:
       figures = self._recent.get(digest)
     if figures is None:
-      program = self.program(params, task, key, prompt_len, domain)
-      figures = self._figures(np.asarray(program(params, task, key, np.int32(same)), np.float64))
+      program = self.program(params, task, key, prompt_len)
+      sums = program(params, task, key, np.int32(same), np.int32(DOMAINS.index(domain)))
+      figures = self._figures(np.asarray(sums, np.float64))
       with self._recent_lock:
         self._recent[digest] = figures
         while len(self._recent) > _RECENT_CALLS:
@@ -464,13 +474,12 @@ class Classification(Experiment):
 
   def compile_evaluation(self, param_shapes: Any, tasks: ClassificationTask,
                          configs: Sequence[ml_collections.ConfigDict], devices: Sequence[jax.Device]) -> None:
-    """Compiles the headline's programs (one per domain at each test prompt length) into the shared evaluators."""
+    """Compiles the headline's programs (one per test prompt length, for every domain) into the shared evaluators."""
     unstack = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
     params, task = unstack(param_shapes), unstack(tasks)
     key = jax.eval_shape(lambda: eval_key(0))
     for evaluator, prompt_len in {(evaluator_for(c), int(c.test_prompt_len)): None for c in configs}:
-      for domain in PREFIXES:
-        evaluator.program(params, task, key, prompt_len, domain)
+      evaluator.program(params, task, key, prompt_len)
     return None
 
   def evaluate(self, params: Any, tasks: ClassificationTask, configs: Sequence[ml_collections.ConfigDict],

@@ -341,14 +341,44 @@ class ClassificationTask:
     return {"train": self.train_pairs, "unseen": self.unseen_pairs, "ood": self.ood_pairs}[domain]
 
 
-def _patterns(task: ClassificationTask, domain: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The domain's pairs, relevant and irrelevant pattern tables, as jax arrays (they are indexed by tracers)."""
-  tables = (task.ood_pairs, task.odr, task.odi) if domain == "ood" else (task.pairs(domain), task.idr, task.idi)
-  return tuple(jnp.asarray(t) for t in tables)
+def _patterns(task: ClassificationTask, domain: str | jax.Array
+              ) -> tuple[jax.Array, jax.Array | int, jax.Array, jax.Array, jax.Array | int]:
+  """The domain's pairs and their count, its relevant pattern table, its irrelevant table and their count.
+
+  `domain`: a name of DOMAINS (static: the domain's own tables), or its index there as
+  an int32 array, traced where one program serves every domain: each table is then
+  the domains' tables padded to the longest and stacked, the domain's picked by the
+  index. Only the first `count` rows are ever drawn (`_uniform_index`), and the
+  multiply behind each index is the same whether the count is a constant or
+  traced, so both forms draw the same prompts to the bit.
+  """
+  if isinstance(domain, str):
+    tables = (task.ood_pairs, task.odr, task.odi) if domain == "ood" else (task.pairs(domain), task.idr, task.idi)
+    pairs_Px2, relevant_RxD, irrelevant_IxD = (jnp.asarray(t) for t in tables)
+    return pairs_Px2, pairs_Px2.shape[0], relevant_RxD, irrelevant_IxD, irrelevant_IxD.shape[0]
+
+  def pick(*tables):  # in the order of DOMAINS
+    rows = max(t.shape[0] for t in tables)
+    padded = [jnp.pad(jnp.asarray(t), [(0, rows - t.shape[0])] + [(0, 0)] * (t.ndim - 1)) for t in tables]
+    return jnp.stack(padded)[domain]
+
+  count = lambda *tables: jnp.asarray([t.shape[0] for t in tables], jnp.int32)[domain]
+  return (pick(task.train_pairs, task.unseen_pairs, task.ood_pairs),
+          count(task.train_pairs, task.unseen_pairs, task.ood_pairs),
+          pick(task.idr, task.idr, task.odr), pick(task.idi, task.idi, task.odi), count(task.idi, task.idi, task.odi))
 
 
-def _uniform_index(u: jax.Array, n: int) -> jax.Array:
-  """floor(u n), an index uniform on 0..n-1 for u ~ U[0, 1)."""
+def check_domain(task: ClassificationTask, domain: str) -> str:
+  """`domain` if it names a domain with tasks (on the host: its sizes are static); else a ConfigError."""
+  check_choice("domain", domain, DOMAINS)
+  if task.pairs(domain).shape[0] == 0:
+    raise ConfigError(f"domain={domain!r} is not allowed: this task has no {domain} pairs "
+                      f"(M1={task.M1}; unseen pairs need M1 >= 4)")
+  return domain
+
+
+def _uniform_index(u: jax.Array, n: int | jax.Array) -> jax.Array:
+  """floor(u n), an index uniform on 0..n-1 for u ~ U[0, 1) (n a constant or a traced int32)."""
   return jnp.minimum((u * n).astype(jnp.int32), n - 1)
 
 
@@ -366,8 +396,9 @@ def _first_of_permutation(u_L: jax.Array, count: int | jax.Array) -> jax.Array:
   return jnp.any((rank_L[None, :] == index_L[:, None]) & (index_L[None, :] < count), axis=1)
 
 
-def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, relevant_RxD: jax.Array,
-                irrelevant_IxD: jax.Array, prompt_len: int, same: int | jax.Array) -> ClassificationPrompts:
+def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, num_pairs: int | jax.Array,
+                relevant_RxD: jax.Array, irrelevant_IxD: jax.Array, num_irrelevant: int | jax.Array, prompt_len: int,
+                same: int | jax.Array) -> ClassificationPrompts:
   # Every random choice comes from one uniform draw: each jax.random call adds a threefry block
   # to the program, and a call per choice made the sampler several times slower to compile.
   # Rows 0..l-1: the contexts, row l: the query (columns: position, kappa, irrelevant pattern);
@@ -375,7 +406,7 @@ def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, 
   u_Tx3 = jax.random.uniform(key, (prompt_len + 2, 3))
   u_pair, u_side, _ = u_Tx3[prompt_len + 1]
   u_Tx3 = u_Tx3[:prompt_len + 1]
-  a, b = pairs_Px2[_uniform_index(u_pair, pairs_Px2.shape[0])]
+  a, b = pairs_Px2[_uniform_index(u_pair, num_pairs)]
   query_is_a = u_side < 0.5
   y_query = jnp.where(query_is_a, 1.0, -1.0)
   own, other = jnp.where(query_is_a, a, b), jnp.where(query_is_a, b, a)
@@ -383,7 +414,7 @@ def _sample_one(key: jax.Array, task: ClassificationTask, pairs_Px2: jax.Array, 
   # random permutation, and the positions it maps below `same` are a uniform random subset.
   same_pattern_L = _first_of_permutation(u_Tx3[:prompt_len, 0], same)
   kappa_T = (2.0 * u_Tx3[:, 1] - 1.0) * task.kappa_max
-  nu_T = _uniform_index(u_Tx3[:, 2], irrelevant_IxD.shape[0])
+  nu_T = _uniform_index(u_Tx3[:, 2], num_irrelevant)
   # The contexts and the query are built apart: one (l + 1, D) array sliced into both made
   # XLA copy the batch's contexts out of it.
   x_LxD = (relevant_RxD[jnp.where(same_pattern_L, own, other)]
@@ -413,22 +444,23 @@ def sample_prompts(key: jax.Array, task: ClassificationTask, batch: int, prompt_
 
 
 def sample_prompts_by_count(key: jax.Array, task: ClassificationTask, batch: int, prompt_len: int,
-                            same: int | jax.Array, domain: str = "train") -> ClassificationPrompts:
+                            same: int | jax.Array, domain: str | jax.Array = "train") -> ClassificationPrompts:
   """As `sample_prompts`, with the number of same-pattern contexts given (0..prompt_len); it may be traced.
 
-  One compiled program then serves every alpha at a prompt length.
+  One compiled program then serves every alpha at a prompt length. `domain` may be
+  its index in DOMAINS (an int32 array, traced too: one program for every domain,
+  the same draws as its name gives; the caller checks it with `check_domain`).
   """
   batch = check_int("batch", batch, 1)
   prompt_len = check_int("prompt_len", prompt_len, 1)
-  check_choice("domain", domain, DOMAINS)
+  if isinstance(domain, str):
+    check_domain(task, domain)
   if isinstance(same, (int, np.integer)) and not 0 <= same <= prompt_len:
     raise fail("same", same, f"an integer in [0, prompt_len={prompt_len}]")
-  pairs_Px2, relevant_RxD, irrelevant_IxD = _patterns(task, domain)
-  if pairs_Px2.shape[0] == 0:
-    raise ConfigError(f"domain={domain!r} is not allowed: this task has no {domain} pairs "
-                      f"(M1={task.M1}; unseen pairs need M1 >= 4)")
+  pairs_Px2, num_pairs, relevant_RxD, irrelevant_IxD, num_irrelevant = _patterns(task, domain)
   keys = jax.random.split(key, batch)
-  sample = lambda k: _sample_one(k, task, pairs_Px2, relevant_RxD, irrelevant_IxD, prompt_len, same)
+  sample = lambda k: _sample_one(k, task, pairs_Px2, num_pairs, relevant_RxD, irrelevant_IxD, num_irrelevant,
+                                 prompt_len, same)
   return sharding.shard_batch(jax.vmap(sample)(keys))
 
 

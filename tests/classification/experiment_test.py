@@ -12,7 +12,8 @@ import pytest
 from icl_theory.classification import experiment as classification
 from icl_theory.classification import plots
 from icl_theory.classification.experiment import EXPERIMENT
-from icl_theory.classification.task import OOD_CONSTRUCTIONS, num_same
+from icl_theory.classification.task import (DOMAINS, OOD_CONSTRUCTIONS, num_same, outcome_sums, prompt_tokens,
+                                             sample_prompts_by_count)
 from icl_theory.configs import classify, classify_sweep
 from icl_theory.engine import sweep as sweeps
 from icl_theory.engine.group import Group, with_fields
@@ -68,11 +69,16 @@ def test_headline_is_the_evaluator_on_the_runs_task_and_its_seeds_evaluation_key
   root = jax.random.fold_in(jax.random.PRNGKey(1), 1_000_003)
   evaluator = classification.Evaluator(classification.make_model(config), config.eval_samples)
   same = num_same(config.test_prompt_len, config.alpha_test)
+  model = classification.make_model(config)
   for i, (domain, prefix) in enumerate(classification.PREFIXES.items()):
     key = jax.random.fold_in(root, i)
-    # Through the jitted function itself, as the old evaluation ran it (not the ahead-of-time program).
-    sums = np.asarray(evaluator._sums(run_params, task, key, jnp.int32(same), config.test_prompt_len, domain),
-                      np.float64)
+    # As one program per domain computed them: the domain named (its own tables, static), chunk by chunk,
+    # not the evaluator's one program for every domain (its index traced).
+    sums = 0.0
+    for chunk_key in jax.random.split(key, evaluator.num_chunks):
+      prompts = sample_prompts_by_count(chunk_key, task, evaluator.chunk, config.test_prompt_len, same, domain)
+      sums = sums + np.asarray(outcome_sums(*model.apply({"params": run_params}, *prompt_tokens(prompts, task.q)),
+                                            prompts), np.float64)
     assert rows[1][f"{prefix}_error"] == sums[0] / evaluator.num_samples
     assert rows[1][f"{prefix}_majority_vote_error"] == sums[2] / evaluator.num_samples
     assert rows[1][f"{prefix}_attention_same"] == pytest.approx(sums[4] / evaluator.num_samples, rel=1e-6)
@@ -122,9 +128,9 @@ def test_the_evaluator_reuses_the_figures_of_the_same_inputs_only(trained):
   calls = []
   program = evaluator.program
 
-  def counted(*args):
+  def counted(*args):  # records the domain of each program run
     compiled = program(*args)
-    return lambda *inputs: calls.append(args[-1]) or compiled(*inputs)
+    return lambda *inputs: calls.append(DOMAINS[int(inputs[-1])]) or compiled(*inputs)
 
   evaluator.program = counted
   key = classification.eval_key(0)

@@ -244,3 +244,25 @@ def test_first_of_permutation_is_the_stable_argsort_rule_ties_included():
       got = np.asarray(every_count(u, np.arange(length + 1)))
       expected = np.stack([np.argsort(u, kind="stable") < count for count in range(length + 1)])
       np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("label_noise,feature_noise", [(0.0, 0.0), (0.2, 0.1)])
+def test_a_traced_domain_index_draws_what_the_domain_named_draws(task, label_noise, feature_noise):
+  """One program for every domain (the Evaluator's): the same prompts, to the bit, as each domain's own tables."""
+  noisy = task.with_noise(label_noise, feature_noise)
+  by_index = jax.jit(sample_prompts_by_count, static_argnums=(2, 3))
+  for i, domain in enumerate(classification.DOMAINS):
+    key = jax.random.fold_in(jax.random.PRNGKey(5), i)
+    named = _sample_jit(key, noisy, 256, 7, jnp.int32(3), domain)
+    traced = by_index(key, noisy, 256, 7, jnp.int32(3), jnp.int32(i))
+    for field, a, b in zip(named._fields, named, traced):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{domain}: {field}")
+
+
+def test_check_domain_refuses_an_empty_or_unknown_domain():
+  small = ClassificationTask(M1=3, M2=3, d_x=6, num_ood_patterns=2)
+  assert classification.check_domain(small, "train") == "train"
+  with pytest.raises(ConfigError, match="^domain='unseen' is not allowed"):
+    classification.check_domain(small, "unseen")
+  with pytest.raises(ConfigError, match="^domain="):
+    classification.check_domain(small, "validation")
