@@ -2,7 +2,7 @@
 
 XLA:CPU's fusion emitters generate the code of its fused loops by default. Without
 them, some of the engine's programs compile in about 60% of the CPU time and run as
-fast or faster (README: Performance has the measurements):
+fast or faster (results/README.md, "Performance history", has the measurements):
 
 - an evaluation's Monte Carlo programs, which run once (but the regression's `compare`
   at `n >= 32`, whose sampler-bound loop runs twice as fast with them:
