@@ -22,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from icl_theory import cli, experiments
-from icl_theory.engine import compile_cache, compiling, distributed, sharding, sweep, workdir as workdirs
+from icl_theory.engine import compile_cache, distributed, sharding, sweep, workdir as workdirs
 from icl_theory.engine.validation import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(cli.CONFIGS_DIR, "sweep.py")
@@ -43,7 +43,6 @@ def main(argv) -> None:
   workdir = None
   try:
     sharding.use_cpu_cores()  # before JAX starts: one CPU device per core, the runs of a group split over them
-    compiling.serial_cpu_codegen()  # and code generated on one thread: the cores are busy training meanwhile
     compile_cache.enable()  # before validation, which may run eager programs (the classifier's patterns)
     experiment = experiments.of(_CONFIG.value)
     sweep.validate_sweep_config(experiment, _CONFIG.value)  # bad fields fail here, before any process connects

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from icl_theory.configs import classify as classify_config
-from icl_theory.engine import precision, sharding, trainer
+from icl_theory.engine import compiling, precision, sharding, trainer
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.group import eval_key as _engine_eval_key
 from icl_theory.classification import transformer
@@ -199,7 +199,7 @@ class Evaluator:
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(_shaped(x).shape, _shaped(x).dtype), (params, task, key))
       scalar = jax.ShapeDtypeStruct((), jnp.int32)
       with precision.context():
-        program = self._sums.lower(*abstract, scalar, scalar, prompt_len).compile()
+        program = compiling.compile_lowered(self._sums.lower(*abstract, scalar, scalar, prompt_len), self.devices)
       self._programs[signature] = program
     return program
 

@@ -16,40 +16,49 @@ A single run's step keeps the defaults: the job of the benchmark ran 7% slower a
 without the emitters, and the programs differ in float32 rounding, so a sweep of one
 run would no longer give the run's own numbers.
 
-A sweep also generates each program's machine code on one thread (`serial_cpu_codegen`):
-XLA:CPU splits a program's code into parts compiled on its thread pool, which pays only
-where cores idle, and a sweep compiles beside the training that keeps them busy.
+While a sweep runs, every program compiled here generates its machine code on one
+thread (`serial_codegen`): XLA:CPU splits a program's code into parts compiled on its
+thread pool, which pays only where cores idle, and a sweep compiles beside the
+training that keeps them busy.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import os
+import contextlib
+import threading
+from typing import Iterator, Sequence
 
 import jax
 
 FAST_CPU_COMPILE = {"xla_cpu_use_fusion_emitters": False}
+# XLA:CPU's code generation in one piece, on the compiling thread (`serial_codegen`).
+SERIAL_CODEGEN = {"xla_cpu_parallel_codegen_split_count": 1}
+
+_scoped_options: dict[str, object] = {}  # options `serial_codegen` adds to every compile_lowered call
+_scopes = [0]  # how many `serial_codegen` scopes are open
+_scopes_lock = threading.Lock()
 
 
 def compile_lowered(lowered: jax.stages.Lowered, devices: Sequence[jax.Device],
                     cpu_options: dict[str, object] | None = None) -> jax.stages.Compiled:
-  """`lowered.compile()`, with `cpu_options` when `devices` are CPUs (an XLA without an option: its defaults)."""
-  if not cpu_options or any(device.platform != "cpu" for device in devices):
+  """`lowered.compile()`, with `cpu_options` (and those of an open `serial_codegen` scope) when `devices` are CPUs.
+
+  An XLA without one of the options compiles with its defaults.
+  """
+  options = {**_scoped_options, **(cpu_options or {})}
+  if not options or any(device.platform != "cpu" for device in devices):
     return lowered.compile()
   try:
-    return lowered.compile(compiler_options=cpu_options)
+    return lowered.compile(compiler_options=options)
   except jax.errors.JaxRuntimeError as error:
     if "No such compile option" not in str(error):
       raise
     return lowered.compile()
 
 
-_CODEGEN_SPLIT_FLAG = "--xla_cpu_parallel_codegen_split_count"
-
-
-def serial_cpu_codegen() -> bool:
-  """Asks XLA:CPU to generate each program's code in one piece, on the compiling thread; call before JAX starts.
+@contextlib.contextmanager
+def serial_codegen() -> Iterator[None]:
+  """Within it, `compile_lowered` has XLA:CPU generate each program's code in one piece (SERIAL_CODEGEN).
 
   By default XLA splits a program's LLVM module into parts compiled on its thread
   pool: quicker where a core idles, but more work in all (the parts are optimised
@@ -57,11 +66,18 @@ def serial_cpu_codegen() -> bool:
   so there the split only adds work: the default 60-run sweep, cold, took 26.4 against
   27.9 s (median of 4 alternating pairs; 47.9 against 50.9 CPU-s) with the same
   results.csv, to the bit. A single run, which compiles before it trains, gains
-  nothing either way (cold, A/B 0.99-1.03). Returns False, changing nothing, where
-  XLA_FLAGS already sets the split.
+  nothing either way (cold, A/B 0.99-1.03), and keeps the default. Per program rather
+  than in XLA_FLAGS: an XLA that lacks the option then compiles with its defaults
+  instead of refusing to start. The scope is the process's (the compiling thread's
+  calls count), and nests.
   """
-  flags = os.environ.get("XLA_FLAGS", "")
-  if _CODEGEN_SPLIT_FLAG in flags:
-    return False
-  os.environ["XLA_FLAGS"] = f"{flags} {_CODEGEN_SPLIT_FLAG}=1".strip()
-  return True
+  with _scopes_lock:
+    _scopes[0] += 1
+    _scoped_options.update(SERIAL_CODEGEN)
+  try:
+    yield
+  finally:
+    with _scopes_lock:
+      _scopes[0] -= 1
+      if not _scopes[0]:
+        _scoped_options.clear()

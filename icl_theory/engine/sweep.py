@@ -32,7 +32,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from icl_theory.engine import distributed, files, trainer
+from icl_theory.engine import compiling, distributed, files, trainer
 from icl_theory.engine import workdir as workdirs
 from icl_theory.engine.experiment import Experiment
 from icl_theory.engine.group import Group, with_fields
@@ -256,7 +256,9 @@ def sweep(experiment: Experiment, config: ml_collections.ConfigDict, workdir: st
   # Each process of a multi-process sweep holds its own lock: a second sweep started on the
   # same workdir is refused at its process 0.
   lock_name = workdirs.LOCK_FILE if process == 0 else f"{workdirs.LOCK_FILE}.process{process}"
-  with workdirs.lock(workdir, lock_name):
+  # Programs compile beside the training here, which keeps every core busy: their code is
+  # generated on the compiling thread alone (`compiling.serial_codegen`).
+  with workdirs.lock(workdir, lock_name), compiling.serial_codegen():
     return _sweep_locked(experiment, config, workdir, overwrite, runs, points)
 
 

@@ -332,7 +332,8 @@ def compile_group(objective: Objective, optimizer: optax.GradientTransformation,
   placement = _placement(objective, devices, data_parallel)
   key_shapes = placement.shapes(jax.ShapeDtypeStruct((num_runs, 2), jnp.uint32))
   task_shapes = placement.shapes(tasks)
-  init = jax.jit(placement.map(lambda k: init_state(objective, optimizer, k))).lower(key_shapes).compile()
+  init = compiling.compile_lowered(
+      jax.jit(placement.map(lambda k: init_state(objective, optimizer, k))).lower(key_shapes), placement.devices)
   programs = GroupPrograms(objective, optimizer, placement, init, (init.out_info, key_shapes, task_shapes),
                            compile_seconds=time.perf_counter() - t0)
   for length in _chunk_lengths(0, settings):

@@ -58,16 +58,25 @@ def test_a_real_program_compiled_fast_gives_the_same_values():
   np.testing.assert_allclose(fast(x), jax.jit(fn)(x), rtol=1e-6, atol=1e-6)
 
 
-def test_serial_codegen_adds_its_flag_once_and_keeps_the_users(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-  assert compiling.serial_cpu_codegen()
-  assert compiling.os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
-                                               "--xla_cpu_parallel_codegen_split_count=1")
-  assert not compiling.serial_cpu_codegen()  # already there: unchanged
-  assert compiling.os.environ["XLA_FLAGS"].count("split_count") == 1
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_parallel_codegen_split_count=8")
-  assert not compiling.serial_cpu_codegen()
-  assert compiling.os.environ["XLA_FLAGS"] == "--xla_cpu_parallel_codegen_split_count=8"
-  monkeypatch.delenv("XLA_FLAGS")
-  assert compiling.serial_cpu_codegen()
-  assert compiling.os.environ["XLA_FLAGS"] == "--xla_cpu_parallel_codegen_split_count=1"
+def test_serial_codegen_scopes_its_option_over_every_compile_and_nests():
+  fast = compiling.FAST_CPU_COMPILE
+  lowered = _Lowered()
+  compiling.compile_lowered(lowered, [_Device("cpu")])
+  with compiling.serial_codegen():
+    compiling.compile_lowered(lowered, [_Device("cpu")])
+    compiling.compile_lowered(lowered, [_Device("cpu")], fast)
+    compiling.compile_lowered(lowered, [_Device("gpu")])
+    with compiling.serial_codegen():
+      compiling.compile_lowered(lowered, [_Device("cpu")])
+    compiling.compile_lowered(lowered, [_Device("cpu")])  # the inner scope's end keeps the outer's
+  compiling.compile_lowered(lowered, [_Device("cpu")], fast)
+  serial = compiling.SERIAL_CODEGEN
+  assert lowered.calls == [None, serial, {**serial, **fast}, None, serial, serial, fast]
+
+
+def test_serial_codegen_on_a_real_program_gives_the_same_values():
+  x = np.linspace(-3, 3, 101, dtype=np.float32)
+  fn = lambda v: jnp.tanh(v) * 2.0 + jnp.exp(-v**2)
+  with compiling.serial_codegen():
+    serial = compiling.compile_lowered(jax.jit(fn).lower(x), jax.devices())
+  np.testing.assert_array_equal(serial(x), jax.jit(fn)(x))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import icl_theory
-from icl_theory.engine import sweep as grid
+from icl_theory.engine import compiling, sweep as grid
 from icl_theory.configs import sweep as sweep_config
 from icl_theory.regression.experiment import EXPERIMENT
 
@@ -148,9 +148,19 @@ def test_one_and_four_devices_and_kill_resume_give_the_same_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_skips_finished_groups_and_other_configs_are_refused(tmp_path):
+def test_rerun_skips_finished_groups_and_other_configs_are_refused(tmp_path, monkeypatch):
   config = _config(n_values=(4,), cov_x_values=("identity",), num_seeds=1)
+  compile_lowered, scopes = compiling.compile_lowered, []
+
+  def spied(*args, **kwargs):  # which options a sweep's programs compile under
+    scopes.append(dict(compiling._scoped_options))
+    return compile_lowered(*args, **kwargs)
+
+  monkeypatch.setattr(compiling, "compile_lowered", spied)
   first = icl_theory.run_sweep(config, str(tmp_path))
+  # Training (init and chunk) and evaluation (reference and compare) generate their code on one thread.
+  assert len(scopes) >= 4 and all(scope == compiling.SERIAL_CODEGEN for scope in scopes)
+  assert compiling._scoped_options == {}  # and only while the sweep runs
   table = _csv(tmp_path / "results.csv")
   group = tmp_path / "groups" / "n4-linear"
   written = {p: os.stat(p).st_mtime_ns for p in [group / "rows.json", group / "metrics.jsonl"]}

@@ -130,8 +130,11 @@ def test_runs_go_one_at_a_time_for_the_fused_loss_from_a_step_size_on_and_only_o
 
 
 def test_a_device_looping_over_several_runs_compiles_its_chunk_without_fusion_emitters(monkeypatch):
-  seen = []  # the options each chunk is compiled with (not compiled: only the choice is under test)
-  monkeypatch.setattr(compiling, "compile_lowered", lambda lowered, devices, options=None: seen.append(options))
+  # The options each program is compiled with (not compiled: only the choice is under test; the lowered
+  # init stands in for its compiled self, whose out_info the chunk is lowered with).
+  seen = []
+  monkeypatch.setattr(compiling, "compile_lowered",
+                      lambda lowered, devices, options=None: seen.append(options) or lowered)
   objective, optimizer, _, task = _setup(batch_size=128)
   settings = trainer.LoopSettings(steps=10, log_every=10, checkpoint_every=0)
   on_cpu = jax.devices()[0].platform == "cpu"
@@ -142,7 +145,7 @@ def test_a_device_looping_over_several_runs_compiles_its_chunk_without_fusion_em
     tasks = jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_runs), task)
     trainer.compile_group(objective._replace(runs_one_at_a_time=looped), optimizer, settings, num_runs, tasks,
                           devices=jax.devices()[:1])
-    assert seen == [expected], (num_runs, looped, seen)
+    assert seen == [None, expected], (num_runs, looped, seen)  # the init program, then the chunk
 
 
 def test_a_diverged_run_is_marked_and_the_others_go_on():
