@@ -246,7 +246,8 @@ def test_first_of_permutation_is_the_stable_argsort_rule_ties_included():
       np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("label_noise,feature_noise", [(0.0, 0.0), (0.2, 0.1)])
+# With noise: 4 s (four more sampler programs); the noise-free case keeps the path in the fast set.
+@pytest.mark.parametrize("label_noise,feature_noise", [(0.0, 0.0), pytest.param(0.2, 0.1, marks=pytest.mark.slow)])
 def test_a_traced_domain_index_draws_what_the_domain_named_draws(task, label_noise, feature_noise):
   """One program for every domain (the Evaluator's): the same prompts, to the bit, as each domain's own tables."""
   noisy = task.with_noise(label_noise, feature_noise)
