@@ -34,9 +34,13 @@ FAST_CPU_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 # XLA:CPU's code generation in one piece, on the compiling thread (`serial_codegen`).
 SERIAL_CODEGEN = {"xla_cpu_parallel_codegen_split_count": 1}
 
-_scoped_options: dict[str, object] = {}  # options `serial_codegen` adds to every compile_lowered call
-_scopes = [0]  # how many `serial_codegen` scopes are open
+_open_scopes = 0  # how many `serial_codegen` scopes are open (the process's, every thread's calls)
 _scopes_lock = threading.Lock()
+
+
+def scoped_options() -> dict[str, object]:
+  """The options an open `serial_codegen` scope adds to every `compile_lowered` call (none outside one)."""
+  return dict(SERIAL_CODEGEN) if _open_scopes else {}
 
 
 def compile_lowered(lowered: jax.stages.Lowered, devices: Sequence[jax.Device],
@@ -45,7 +49,7 @@ def compile_lowered(lowered: jax.stages.Lowered, devices: Sequence[jax.Device],
 
   An XLA without one of the options compiles with its defaults.
   """
-  options = {**_scoped_options, **(cpu_options or {})}
+  options = {**scoped_options(), **(cpu_options or {})}
   if not options or any(device.platform != "cpu" for device in devices):
     return lowered.compile()
   try:
@@ -71,13 +75,11 @@ def serial_codegen() -> Iterator[None]:
   instead of refusing to start. The scope is the process's (the compiling thread's
   calls count), and nests.
   """
+  global _open_scopes
   with _scopes_lock:
-    _scopes[0] += 1
-    _scoped_options.update(SERIAL_CODEGEN)
+    _open_scopes += 1
   try:
     yield
   finally:
     with _scopes_lock:
-      _scopes[0] -= 1
-      if not _scopes[0]:
-        _scoped_options.clear()
+      _open_scopes -= 1

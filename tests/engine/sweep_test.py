@@ -153,14 +153,14 @@ def test_rerun_skips_finished_groups_and_other_configs_are_refused(tmp_path, mon
   compile_lowered, scopes = compiling.compile_lowered, []
 
   def spied(*args, **kwargs):  # which options a sweep's programs compile under
-    scopes.append(dict(compiling._scoped_options))
+    scopes.append(compiling.scoped_options())
     return compile_lowered(*args, **kwargs)
 
   monkeypatch.setattr(compiling, "compile_lowered", spied)
   first = icl_theory.run_sweep(config, str(tmp_path))
   # Training (init and chunk) and evaluation (reference and compare) generate their code on one thread.
   assert len(scopes) >= 4 and all(scope == compiling.SERIAL_CODEGEN for scope in scopes)
-  assert compiling._scoped_options == {}  # and only while the sweep runs
+  assert compiling.scoped_options() == {}  # and only while the sweep runs
   table = _csv(tmp_path / "results.csv")
   group = tmp_path / "groups" / "n4-linear"
   written = {p: os.stat(p).st_mtime_ns for p in [group / "rows.json", group / "metrics.jsonl"]}
